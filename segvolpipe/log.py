@@ -1,0 +1,78 @@
+"""One logger and one rich console for the whole package; progress bars that can be switched off."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+logger = logging.getLogger("segvolpipe")
+
+T = TypeVar("T")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Route the package logger through rich (idempotent)."""
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.INFO
+    logger.setLevel(level)
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[object]:
+    """A rich Progress (or a no-op stand-in when ``enabled`` is False, e.g. for cluster logs)."""
+    if not enabled:
+        yield _NoProgress()
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        yield progress
+
+
+class _NoProgress:
+    """Same surface as rich's Progress for the calls this package makes; logs milestones instead."""
+
+    def add_task(self, description: str, total: float | None = None, **_: object) -> int:
+        logger.info("%s (%s items)", description, "?" if total is None else int(total))
+        return 0
+
+    def advance(self, task_id: int, advance: float = 1) -> None:  # noqa: ARG002
+        return None
+
+    def update(self, task_id: int, **_: object) -> None:  # noqa: ARG002
+        return None
+
+
+def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """Iterate with a progress bar when ``enabled``."""
+    with progress_bar(enabled) as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)
