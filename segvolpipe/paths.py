@@ -66,7 +66,7 @@ def resolve_dataset(spec: str | int | None, root: Path) -> str:
         if len(existing) == 1:
             return existing[0]
         if not existing:
-            raise UserError(f"no dataset found (looked for Dataset###_Name folders)", root)
+            raise UserError("no dataset found (looked for Dataset###_Name folders)", root)
         raise UserError(f"several datasets; choose one with -d: {listing}", root)
     text = str(spec).strip()
     if text.isdigit():

@@ -165,6 +165,7 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise UserError("file not found", path)
     if path.stat().st_size == 0:
         raise UserError("file is empty", path)
+    _check_raw_header(path)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for junk files
@@ -172,6 +173,32 @@ def _load(path: Path) -> nib.Nifti1Image:
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise UserError(f"not a NIfTI image (nibabel read it as {type(img).__name__})", path)
     return img
+
+
+def _check_raw_header(path: Path) -> None:
+    """Spacing problems that nibabel would silently "fix" (it sets zero pixdims to 1) are errors here."""
+    import gzip
+
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            block = fh.read(348)
+    except (OSError, EOFError):
+        return  # nibabel's load reports unreadable files with its own message
+    if len(block) < 348:
+        return
+    try:
+        header = nib.Nifti1Header(block, check=False)
+    except Exception:
+        return
+    if int(header["sform_code"]) != 0:
+        return  # the affine comes from the sform, pixdim does not define the grid
+    dims = int(header["dim"][0])
+    zooms = np.asarray(header["pixdim"][1 : 1 + min(max(dims, 1), 3)], dtype=np.float64)
+    if not np.isfinite(zooms).all():
+        raise UserError(f"voxel spacing is NaN or Inf in the header (pixdim {tuple(zooms)})", path)
+    if (zooms <= 0).any():
+        raise UserError(f"zero or negative voxel spacing in the header (pixdim {tuple(zooms)})", path)
 
 
 def read_geometry(path: str | Path) -> Geometry:

@@ -1,0 +1,173 @@
+"""The ``segvol`` command line: one thin typer command per stage; heavy imports inside the commands.
+
+User errors print ``error: <file>: <problem>`` and exit with code 2 (``--verbose`` adds the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="segvol",
+    help="Self-configuring 3D CT/MRI segmentation: nnU-Net's pipeline with SegVol's promptable models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STATE = {"verbose": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Modality(str, Enum):
+    ct = "ct"
+    mri = "mri"
+
+
+class MRIContrast(str, Enum):
+    t1 = "t1"
+    t2 = "t2"
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug messages.")] = False,
+) -> None:
+    _STATE["verbose"] = verbose
+    from segvolpipe.log import setup_logging
+
+    setup_logging(verbose)
+
+
+def _fail(lines: list[str]) -> None:
+    from segvolpipe.log import console
+
+    for line in lines:
+        console.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn :class:`~segvolpipe.errors.UserError` into one line per problem and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from segvolpipe.errors import Problems, UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if _STATE["verbose"]:
+                from segvolpipe.log import console
+
+                console.print_exception()
+            _fail(exc.lines() + [exc.line()] if isinstance(exc, Problems) else [exc.line()])
+        except PermissionError as exc:
+            _fail([f"{exc.filename}: permission denied ({exc.strerror})"])
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_size(text: str) -> tuple[int, int, int]:
+    from segvolpipe.errors import UserError
+
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 8 for p in parts):
+        raise UserError(f"--size must be three integers ≥ 8 as Z,Y,X (e.g. 64,128,128), got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+@app.command("make-phantoms")
+@handles_errors
+def make_phantoms(
+    dataset: Annotated[int, typer.Option("-d", "--dataset", help="Dataset id (three digits at most).")] = 900,
+    cases: Annotated[int, typer.Option("--cases", min=1, help="Training cases (imagesTr/labelsTr).")] = 16,
+    test_cases: Annotated[int, typer.Option("--test-cases", min=0, help="Test cases (imagesTs/labelsTs).")] = 4,
+    modality: Annotated[Modality, typer.Option("--modality", help="CT in Hounsfield units or MRI.")] = Modality.ct,
+    contrast: Annotated[MRIContrast, typer.Option("--contrast", help="MRI contrast (T1- or T2-like).")] = MRIContrast.t1,
+    size: Annotated[str, typer.Option("--size", help="Canonical volume size Z,Y,X in voxels.")] = "64,128,128",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed → identical files).")] = 0,
+    name: Annotated[str | None, typer.Option("--name", help="Dataset name (default PhantomCT / PhantomMRI).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Comma-separated organs to label (default all).")] = None,
+    random_orientation: Annotated[bool, typer.Option("--random-orientation/--ras", help="Store files in varied orientations, or all RAS.")] = True,
+    np_: Annotated[int | None, typer.Option("--np", help="Worker processes (default: CPU count).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Regenerate even if the dataset exists.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Write a synthetic abdominal CT or MRI dataset in the raw format (for the demo, tests, benchmarks)."""
+    from segvolpipe.log import console
+    from segvolpipe.parallel import default_workers
+    from segvolpipe.phantoms import PhantomOptions, make_phantom_dataset
+
+    options = PhantomOptions(
+        n_train=cases, n_test=test_cases, modality=modality.value, mri_contrast=contrast.value,
+        size=_parse_size(size), seed=seed, name=name,
+        labels=tuple(s.strip() for s in labels.split(",") if s.strip()) if labels else None,
+        random_orientation=random_orientation,
+    )
+    result = make_phantom_dataset(dataset, options, overwrite=overwrite, workers=np_ or default_workers(), progress=progress)
+    verb = "exists (unchanged)" if result.skipped else f"written in {result.seconds:.1f} s"
+    console.print(f"{result.folder}: {len(result.train_cases)} training + {len(result.test_cases)} test cases {verb}")
+
+
+@app.command("plan-preprocess")
+@handles_errors
+def plan_preprocess(
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset id or name (17, 017, Dataset017_BTCV).")] = None,
+    configuration: Annotated[list[str] | None, typer.Option("-c", "--configuration", help="Configuration(s) to preprocess (default: all planned).")] = None,
+    np_: Annotated[int | None, typer.Option("--np", help="Worker processes (default: CPU count).")] = None,
+    norm: Annotated[str | None, typer.Option("--norm", help="Normalisation: a scheme for all channels (ct, segvol, zscore, rescale01, none) or 0:ct,1:zscore.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo every step even when its inputs are unchanged.")] = False,
+    gpu_memory_gb: Annotated[float | None, typer.Option("--gpu-memory-gb", help="Plan for a CUDA GPU with this memory (0: plan for the CPU). Default: detect.")] = None,
+    fingerprint_only: Annotated[bool, typer.Option("--fingerprint-only", help="Stop after the integrity check and fingerprint.")] = False,
+    plan_only: Annotated[bool, typer.Option("--plan-only", help="Stop after fingerprint, plans and splits.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Check the raw dataset, fingerprint it, plan the configurations and preprocess every case."""
+    from segvolpipe.parallel import default_workers
+    from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
+    from segvolpipe.reporting import print_plan_preprocess
+
+    opts = PlanPreprocessOptions(
+        configurations=tuple(configuration) if configuration else None, workers=np_ or default_workers(),
+        norm=norm, overwrite=overwrite, gpu_memory_gb=gpu_memory_gb, fingerprint_only=fingerprint_only,
+        plan_only=plan_only, progress=progress,
+    )
+    result = run_plan_preprocess(dataset, opts)
+    print_plan_preprocess(result)
+    if result.failed:
+        _fail([f"{cid}: {err}" for cid, err in result.failed] + [f"{len(result.failed)} case(s) failed; the others are done"])
+
+
+@app.command("demo")
+@handles_errors
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and budgets, every stage still runs.")] = False,
+    np_: Annotated[int | None, typer.Option("--np", help="Worker processes (default: CPU count).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Run every stage that exists end to end on an embedded phantom CT dataset (Dataset900_PhantomCT)."""
+    from segvolpipe.demo import DemoOptions, run_demo
+    from segvolpipe.parallel import default_workers
+
+    run_demo(DemoOptions(quick=quick, workers=np_ or default_workers(), progress=progress))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,23 @@
+"""Dataset fingerprint: per-case geometry, per-channel foreground intensity statistics, label volumes."""
+
+from segvolpipe.fingerprint.case import CaseTask, fingerprint_case, nonzero_bbox
+from segvolpipe.fingerprint.dataset import (
+    ChannelStats,
+    Fingerprint,
+    compute_fingerprint,
+    load_fingerprint,
+    raw_input_hash,
+    save_fingerprint,
+)
+
+__all__ = [
+    "CaseTask",
+    "ChannelStats",
+    "Fingerprint",
+    "compute_fingerprint",
+    "fingerprint_case",
+    "load_fingerprint",
+    "nonzero_bbox",
+    "raw_input_hash",
+    "save_fingerprint",
+]

@@ -1,0 +1,208 @@
+"""Self-configuration: fingerprint (+ accelerator, + user overrides) → :class:`Plans`.
+
+Rules (see ARCHITECTURE.md "Planning"):
+
+* Target spacing: per-axis median; when the coarsest axis is > 3× the others, that axis takes its
+  10th percentile instead (nnU-Net's anisotropy rule).
+* ``3d_lite``: the ViT input keeps the proportions of the median case (the whole-volume "zoom-out"
+  view), scaled down into the tier's voxel budget; patch sizes make physically near-cubic patches with
+  about the tier's token count; width/depth are the largest that fit the tier's compute budget.
+* ``3d_segvol``: SegVol's reference model (input 32×256×256, patch 4×16×16, width 768, 12 layers, 12 heads).
+* Batch size from the memory model of :mod:`segvolpipe.planning.budget`, at most 5 % of the dataset's
+  voxels per batch (but at least 2 when memory allows), capped per tier.
+* The default configuration follows the accelerator: ``3d_segvol`` on a CUDA GPU with ≥ 20 GB, else ``3d_lite``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from segvolpipe.fingerprint import Fingerprint
+from segvolpipe.planning import budget
+from segvolpipe.planning.plans import (
+    Accelerator,
+    ConfigurationPlan,
+    DecoderPlan,
+    InferencePlan,
+    Plans,
+    TrainerPlan,
+    UNetPlan,
+    ViTPlan,
+)
+from segvolpipe.preprocessing.normalization import ChannelNorm, default_scheme
+from segvolpipe.preprocessing.resampling import ANISOTROPY_THRESHOLD, anisotropic_axis, resampled_shape
+
+SEGVOL_MIN_GPU_GB = 20.0
+
+
+def plan_target_spacing(spacings: np.ndarray) -> tuple[float, float, float]:
+    """Median spacing, with the coarse axis at its 10th percentile for anisotropic datasets."""
+    target = np.median(spacings, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(3) if a != worst]
+    if target[worst] > ANISOTROPY_THRESHOLD * max(target[others]):
+        low = float(np.percentile(spacings[:, worst], 10))
+        target[worst] = max(low, float(max(target[others])) + 1e-5)
+    return tuple(float(v) for v in target)  # type: ignore[return-value]
+
+
+def plan_median_shape(fp: Fingerprint, target: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Median over cases of the cropped shape resampled to ``target``."""
+    shapes = [resampled_shape(c["cropped_shape"], c["spacing"], target) for c in fp.cases]
+    return tuple(int(v) for v in np.median(np.array(shapes), axis=0))  # type: ignore[return-value]
+
+
+def _pow2_floor(v: float) -> int:
+    return 2 ** max(0, int(math.floor(math.log2(max(v, 1.0)))))
+
+
+def plan_vit_geometry(
+    median_shape: tuple[int, int, int], spacing: tuple[float, float, float], voxel_budget: int, tokens: int
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """ViT input size and patch size (z, y, x) for the median case, a voxel budget and a token target."""
+    m = np.asarray(median_shape, dtype=np.float64)
+    f = min(1.0, (voxel_budget / m.prod()) ** (1 / 3))
+    size = np.maximum(m * f, 2.0)
+    extent = size * np.asarray(spacing)  # physical extent (up to a common factor)
+    grid = extent * (tokens / extent.prod()) ** (1 / 3)
+    patch = [min(_pow2_floor(2 ** round(math.log2(max(s / g, 1.0)))), _pow2_floor(s / 2)) for s, g in zip(size, grid, strict=True)]
+    inp = [max(2 * p, int(round(s / p)) * p) for s, p in zip(size, patch, strict=True)]
+    return tuple(inp), tuple(patch)  # type: ignore[return-value]
+
+
+def plan_unet(
+    median_shape: tuple[int, int, int], spacing: tuple[float, float, float], voxel_budget: int, base_filters: int
+) -> UNetPlan:
+    """nnU-Net-style patch (∝ 1/spacing, within the median shape) and pooling/kernel layout."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    p = 1.0 / sp
+    p = p * (voxel_budget / p.prod()) ** (1 / 3)
+    p = np.minimum(p, np.asarray(median_shape, dtype=np.float64))
+    size = np.maximum(np.floor(p), 4).astype(int)
+    kernels: list[tuple[int, int, int]] = [tuple(3 if s <= 2 * sp.min() else 1 for s in sp)]  # type: ignore[list-item]
+    strides: list[tuple[int, int, int]] = [(1, 1, 1)]
+    cur_sp, cur_sz = sp.copy(), size.astype(np.float64)
+    for _ in range(5):
+        pool = [cur_sz[a] / 2 >= 4 and cur_sp[a] <= 2 * cur_sp.min() for a in range(3)]
+        if not any(pool):
+            break
+        strides.append(tuple(2 if q else 1 for q in pool))  # type: ignore[arg-type]
+        cur_sp = np.where(pool, cur_sp * 2, cur_sp)
+        cur_sz = np.where(pool, cur_sz / 2, cur_sz)
+        kernels.append(tuple(3 if s <= 2 * cur_sp.min() else 1 for s in cur_sp))  # type: ignore[arg-type]
+    divisor = np.prod(np.array(strides), axis=0)
+    size = np.maximum(divisor, (size // divisor) * divisor)
+    filters = tuple(min(base_filters * 2**i, 320) for i in range(len(strides)))
+    return UNetPlan(tuple(int(v) for v in size), tuple(kernels), tuple(strides), filters)  # type: ignore[arg-type]
+
+
+def _dataset_batch_cap(fp: Fingerprint, target: tuple[float, float, float], input_voxels: int) -> int:
+    total = sum(np.prod(resampled_shape(c["cropped_shape"], c["spacing"], target)) for c in fp.cases)
+    return int(0.05 * total // input_voxels)
+
+
+def _configuration(
+    name: str,
+    fp: Fingerprint,
+    accel: Accelerator,
+    target: tuple[float, float, float],
+    median: tuple[int, int, int],
+    vit: ViTPlan,
+    tier: budget.Tier,
+    epochs: int,
+    iters: int,
+    warmup: int,
+    notes: str,
+) -> ConfigurationPlan:
+    n_labels = len(fp.labels)
+    dec_heads = 8 if vit.hidden_size % 8 == 0 else 4
+    decoder = DecoderPlan(
+        prompt_embed_dim=vit.hidden_size,
+        transformer_depth=2,
+        transformer_mlp_dim=2048 if vit.hidden_size == 768 else max(64, (vit.hidden_size * 8 // 3) // 64 * 64),
+        transformer_heads=dec_heads,
+        upscale_channels=(vit.hidden_size // 4, vit.hidden_size // 8),
+    )
+    voxels = int(np.prod(vit.input_size))
+    patch_voxels = int(np.prod(vit.patch_size))
+    params = budget.vit_params(vit.hidden_size, vit.num_layers, vit.mlp_dim, patch_voxels, vit.num_tokens, len(fp.channels))
+    params += budget.decoder_params(vit.hidden_size, 2, decoder.transformer_mlp_dim, decoder.upscale_channels)
+    prompts = max(1, min(n_labels, 8))
+    half = accel.kind == "cuda"
+
+    def mem(batch: int) -> float:
+        return budget.training_memory_gb(params, vit.hidden_size, vit.num_layers, vit.num_tokens, voxels,
+                                         decoder.upscale_channels, prompts, batch, half)
+
+    static = mem(0)
+    per_sample = mem(1) - static
+    memory_budget = accel.memory_gb if accel.kind == "cuda" else min(accel.memory_gb * 0.5, 16.0)
+    batch = budget.batch_size_for(memory_budget, tier.max_batch, per_sample, static,
+                                  _dataset_batch_cap(fp, target, voxels))
+    unet = plan_unet(median, target, tier.unet_voxel_budget, tier.unet_base_filters)
+    return ConfigurationPlan(
+        name=name,
+        target_spacing=target,
+        median_shape=median,
+        anisotropic_axis=anisotropic_axis(target),
+        vit=vit,
+        decoder=decoder,
+        unet=unet,
+        trainer=TrainerPlan(batch_size=batch, epochs=epochs, iters_per_epoch=iters,
+                            warmup_epochs=warmup, max_prompts_per_sample=prompts),
+        inference=InferencePlan(roi_size=vit.input_size, zoom_out_size=vit.input_size),
+        estimated_memory_gb=round(mem(batch), 2),
+        estimated_gflop_per_sample=round(budget.vit_gflop(vit.hidden_size, vit.num_layers, vit.num_tokens), 1),
+        notes=notes,
+    )
+
+
+def plan_normalization(fp: Fingerprint, overrides: dict[int, str]) -> tuple[ChannelNorm, ...]:
+    """One :class:`ChannelNorm` per channel: the channel name's default scheme unless overridden."""
+    use_mask = fp.median_crop_fraction < 0.75  # nnU-Net: z-score inside the non-zero mask when cropping shrank a lot
+    norms = []
+    for ch in fp.channels:
+        scheme = overrides.get(ch.index, default_scheme(ch.name))
+        if scheme == "ct":
+            norms.append(ChannelNorm(ch.index, ch.name, "ct", False, ch.percentile(0.5), ch.percentile(99.5), ch.mean, ch.std))
+        else:
+            norms.append(ChannelNorm(ch.index, ch.name, scheme, use_mask and scheme == "zscore"))
+    return tuple(norms)
+
+
+def make_plans(
+    dataset: str,
+    fp: Fingerprint,
+    accel: Accelerator,
+    channel_names: tuple[str, ...],
+    labels: tuple[tuple[str, int], ...],
+    norm_overrides: dict[int, str] | None = None,
+) -> Plans:
+    """Plan both configurations for a fingerprint and an accelerator."""
+    target = plan_target_spacing(fp.spacings)
+    median = plan_median_shape(fp, target)
+    tier = budget.GPU_TIER if accel.kind == "cuda" else budget.CPU_TIER
+    inp, patch = plan_vit_geometry(median, target, tier.voxel_budget, tier.token_target)
+    tokens = int(np.prod([i // p for i, p in zip(inp, patch, strict=True)]))
+    width, layers, heads = budget.choose_vit_size(tokens, tier.gflop_per_sample)
+    lite_vit = ViTPlan(inp, patch, width, 4 * width, layers, heads)
+    lite = _configuration("3d_lite", fp, accel, target, median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
+                          max(1, tier.epochs // 30), f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample")
+    segvol_vit = ViTPlan((32, 256, 256), (4, 16, 16), 768, 3072, 12, 12)
+    segvol_tier = budget.Tier("segvol", 0, 2048, 0.0, budget.GPU_TIER.unet_voxel_budget, 32,
+                              4 if accel.kind == "cuda" else 1, 500, 250)
+    segvol = _configuration("3d_segvol", fp, accel, target, median, segvol_vit, segvol_tier, 500, 250, 10,
+                            "SegVol's reference model (BAAI-DCAI/SegVol)")
+    default = "3d_segvol" if accel.kind == "cuda" and accel.memory_gb >= SEGVOL_MIN_GPU_GB else "3d_lite"
+    return Plans(
+        dataset=dataset,
+        channel_names=channel_names,
+        labels=labels,
+        normalization=plan_normalization(fp, norm_overrides or {}),
+        configurations={"3d_lite": lite, "3d_segvol": segvol},
+        default_configuration=default,
+        accelerator=accel,
+        fingerprint_hash=fp.input_hash,
+    )

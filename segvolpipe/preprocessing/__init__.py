@@ -1,0 +1,1 @@
+"""Preprocessing: normalisation registry, cropping, resampling, one case forward and back."""

@@ -1,0 +1,182 @@
+"""One case forward (raw → preprocessed grid) and back (preprocessed grid → the file's own grid).
+
+Forward: read (canonical z, y, x) → crop to the non-zero box → normalise → resample to the target
+spacing (images cubic, labels one-hot linear + arg-max; nearest along a coarse axis) → store
+``{case}.npy`` float32 [C, Z, Y, X], ``{case}_seg.npy`` int16 [Z, Y, X] and ``{case}.json``.
+Back: :func:`revert_to_canonical` undoes resampling and cropping; :class:`~segvolpipe.io.nifti.Geometry`
+undoes the reorientation when writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from segvolpipe.config import to_jsonable
+from segvolpipe.fingerprint.case import nonzero_bbox
+from segvolpipe.io.atomic import load_npy, read_json, save_npy, write_json
+from segvolpipe.io.dataset import RawCase, files_hash
+from segvolpipe.io.nifti import Geometry, read_image, read_label
+from segvolpipe.preprocessing.normalization import ChannelNorm, normalize
+from segvolpipe.preprocessing.resampling import (
+    anisotropic_axis,
+    resample_image,
+    resample_label,
+    resample_soft,
+    resampled_shape,
+)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything that determines a case's preprocessed arrays."""
+
+    target_spacing: tuple[float, float, float]
+    normalization: tuple[ChannelNorm, ...]
+    image_order: int = 3
+    label_order: int = 1
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(to_jsonable(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def preprocess_arrays(
+    image: np.ndarray, label: np.ndarray | None, geometry: Geometry, settings: PreprocessSettings
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Crop, normalise and resample one case held in memory.
+
+    Args:
+        image: ``[C, Z, Y, X]`` canonical, float32.
+        label: ``[Z, Y, X]`` canonical, or None.
+        geometry: The file geometry of the case.
+        settings: Target spacing, normalisation, interpolation orders.
+
+    Returns:
+        ``(data [C, Z', Y', X'] float32, seg [Z', Y', X'] int16 or None, properties)``; the properties hold
+        what :func:`revert_to_canonical` needs.
+    """
+    box = nonzero_bbox(image)
+    if box is None:
+        box = tuple((0, n) for n in image.shape[1:])
+    sl = tuple(slice(a, b) for a, b in box)
+    cropped = image[(slice(None), *sl)]
+    mask = None
+    if any(n.use_mask for n in settings.normalization):
+        mask = ndimage.binary_fill_holes(np.any(cropped != 0, axis=0))
+    data = normalize(cropped, mask, settings.normalization)
+    spacing = geometry.spacing
+    new_shape = resampled_shape(data.shape[1:], spacing, settings.target_spacing)
+    axis = anisotropic_axis(spacing, settings.target_spacing)
+    data = resample_image(data, new_shape, axis, settings.image_order)
+    seg = None
+    if label is not None:
+        seg = resample_label(label[sl], new_shape, axis, settings.label_order).astype(np.int16)
+    props = {
+        "geometry": geometry.to_json(),
+        "canonical_shape": list(image.shape[1:]),
+        "bbox": [list(b) for b in box],
+        "cropped_shape": [b - a for a, b in box],
+        "spacing": list(spacing),
+        "target_spacing": list(settings.target_spacing),
+        "shape_after_resampling": list(new_shape),
+        "anisotropic_axis": axis,
+    }
+    return data, seg, props
+
+
+def revert_to_canonical(
+    array: np.ndarray, props: dict[str, Any], is_label: bool, fill: float = 0.0
+) -> np.ndarray:
+    """Map an array on the preprocessed grid back to the canonical grid of the original file.
+
+    Args:
+        array: ``[Z', Y', X']`` label map (``is_label``) or ``[C, Z', Y', X']`` soft maps (logits or
+            probabilities), on the grid of ``props["shape_after_resampling"]``.
+        props: The case's properties (``{case}.json``).
+        is_label: Labels are resampled one-hot + arg-max, soft maps linearly.
+        fill: Value outside the cropped box for soft maps (labels get 0).
+
+    Returns:
+        ``[Z, Y, X]`` or ``[C, Z, Y, X]`` on the canonical grid; write it with
+        ``Geometry.from_json(props["geometry"])`` to get the file's own grid and affine.
+    """
+    cropped_shape = tuple(props["cropped_shape"])
+    axis = props.get("anisotropic_axis")
+    full = tuple(props["canonical_shape"])
+    sl = tuple(slice(a, b) for a, b in props["bbox"])
+    if is_label:
+        if tuple(array.shape) != tuple(props["shape_after_resampling"]):
+            raise ValueError(f"label shape {array.shape} is not the preprocessed shape {props['shape_after_resampling']}")
+        out = np.zeros(full, dtype=array.dtype)
+        out[sl] = resample_label(array, cropped_shape, axis)
+        return out
+    if tuple(array.shape[1:]) != tuple(props["shape_after_resampling"]):
+        raise ValueError(f"map shape {array.shape[1:]} is not the preprocessed shape {props['shape_after_resampling']}")
+    out = np.full((array.shape[0], *full), fill, dtype=np.float32)
+    out[(slice(None), *sl)] = resample_soft(array, cropped_shape, axis)
+    return out
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """A worker's job: preprocess ``case`` into ``out_dir`` unless already done with the same inputs."""
+
+    case: RawCase
+    out_dir: Path
+    settings: PreprocessSettings
+    label_ids: tuple[int, ...]
+    overwrite: bool = False
+
+
+def case_input_hash(job: CaseJob) -> str:
+    return files_hash(list(job.case.files()), extra=job.settings.key())
+
+
+def is_done(job: CaseJob) -> bool:
+    """True when the case's outputs exist and record the same input hash."""
+    cid, out = job.case.case_id, job.out_dir
+    props_path = out / f"{cid}.json"
+    if not (props_path.exists() and (out / f"{cid}.npy").exists() and (out / f"{cid}_seg.npy").exists()):
+        return False
+    try:
+        return read_json(props_path).get("input_hash") == case_input_hash(job)
+    except Exception:
+        return False
+
+
+def preprocess_case(job: CaseJob) -> dict[str, Any]:
+    """Read, preprocess and store one case (atomic; the JSON is written last, so it marks completion).
+
+    Returns:
+        ``{"case_id", "skipped", "shape"}``.
+    """
+    cid, out = job.case.case_id, job.out_dir
+    if not job.overwrite and is_done(job):
+        return {"case_id": cid, "skipped": True, "shape": read_json(out / f"{cid}.json")["shape_after_resampling"]}
+    image, geometry = read_image(job.case.images)
+    label = None
+    if job.case.label is not None:
+        label, _ = read_label(job.case.label)
+    data, seg, props = preprocess_arrays(image, label, geometry, job.settings)
+    save_npy(out / f"{cid}.npy", data)
+    if seg is not None:
+        save_npy(out / f"{cid}_seg.npy", seg)
+        counts = np.bincount(seg.ravel().astype(np.int64), minlength=max(job.label_ids) + 1)
+        props["class_voxels"] = {str(i): int(counts[i]) for i in job.label_ids if i != 0}
+    props.update({"case_id": cid, "input_hash": case_input_hash(job), "settings_key": job.settings.key(),
+                  "images": [p.name for p in job.case.images], "label": job.case.label.name if job.case.label else None})
+    write_json(out / f"{cid}.json", props)
+    return {"case_id": cid, "skipped": False, "shape": props["shape_after_resampling"]}
+
+
+def load_case(folder: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Load a preprocessed case: ``(data [C, Z, Y, X], seg [Z, Y, X] or None, properties)``."""
+    seg_path = folder / f"{case_id}_seg.npy"
+    seg = load_npy(seg_path, mmap) if seg_path.exists() else None
+    return load_npy(folder / f"{case_id}.npy", mmap), seg, read_json(folder / f"{case_id}.json")
