@@ -147,24 +147,22 @@ def compute_fingerprint(
     per_case = max(1000, max_samples // max(1, len(cases)))
     tasks = [CaseTask(c, spec.label_ids, per_case) for c in cases]
     results: dict[str, dict[str, Any]] = {}
+    samples: dict[str, np.ndarray] = {}
     problems: list[UserError] = []
-    n_channels = len(spec.channel_names)
-    samples: list[list[np.ndarray]] = [[] for _ in range(n_channels)]
     for outcome in map_cases(fingerprint_case, tasks, workers, "fingerprint", progress):
         if outcome.error:
             problems.append(UserError(outcome.error))
             continue
         result = outcome.value
         assert result is not None
-        sample = result.pop("samples")
-        for c in range(n_channels):
-            samples[c].append(sample[c])
+        samples[result["case_id"]] = result.pop("samples")
         results[result["case_id"]] = result
     if problems:
         raise Problems(f"{dataset}: {len(problems)} case(s) have bad data", problems)
     ordered = tuple(results[c.case_id] for c in cases)
+    # concatenate in case order (not completion order) so the statistics are bit-identical for any --np
     channels = tuple(
-        ChannelStats.from_sample(i, name, np.concatenate(samples[i]) if samples[i] else np.zeros(0))
+        ChannelStats.from_sample(i, name, np.concatenate([samples[c.case_id][i] for c in cases]))
         for i, name in enumerate(spec.channel_names)
     )
     return Fingerprint(dataset, raw_input_hash(spec, cases), channels, _label_stats(spec, ordered), ordered, per_case)
