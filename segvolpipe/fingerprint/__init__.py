@@ -1,6 +1,6 @@
 """Dataset fingerprint: per-case geometry, per-channel foreground intensity statistics, label volumes."""
 
-from segvolpipe.fingerprint.case import CaseTask, fingerprint_case, nonzero_bbox
+from segvolpipe.fingerprint.case import CaseTask, crop_box, fingerprint_case, nonzero_bbox
 from segvolpipe.fingerprint.dataset import (
     ChannelStats,
     Fingerprint,
@@ -15,6 +15,7 @@ __all__ = [
     "ChannelStats",
     "Fingerprint",
     "compute_fingerprint",
+    "crop_box",
     "fingerprint_case",
     "load_fingerprint",
     "nonzero_bbox",

@@ -47,6 +47,21 @@ def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...] | None:
     return tuple(box)
 
 
+def crop_box(image: np.ndarray, label: np.ndarray | None = None) -> tuple[tuple[int, int], ...] | None:
+    """The box that preprocessing crops to: non-zero image voxels, grown to hold every labelled voxel.
+
+    Reference labels sometimes reach outside the image's non-zero region (a mask drawn on a template);
+    keeping them inside the box makes preprocessing a label map and mapping it back exact.
+    """
+    box = nonzero_bbox(image)
+    if label is None or box is None:
+        return box
+    label_box = nonzero_bbox(label[None])
+    if label_box is None:
+        return box
+    return tuple((min(a0, b0), max(a1, b1)) for (a0, a1), (b0, b1) in zip(box, label_box, strict=True))
+
+
 def fingerprint_case(task: CaseTask) -> dict[str, Any]:
     """Fingerprint one case.
 
@@ -71,8 +86,8 @@ def fingerprint_case(task: CaseTask) -> dict[str, Any]:
     undeclared = sorted(set(present) - set(task.label_ids))
     if undeclared:
         raise UserError(f"label values {undeclared} are not declared in dataset.json labels", case.label)
-    box = nonzero_bbox(image)
-    if box is None:
+    box = crop_box(image, label)
+    if nonzero_bbox(image) is None:
         raise UserError("image is all zeros", case.images[0])
     cropped_shape = tuple(b - a for a, b in box)
     foreground = label > 0

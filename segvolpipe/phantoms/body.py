@@ -107,10 +107,11 @@ def paint_body(frame: Frame, body: Body, rng: np.random.Generator) -> tuple[np.n
     tissue[(muscle <= 1) & skin_mask] = Tissue.MUSCLE
     cavity = u2 + (v / np.float32(body.depth)) ** 2 <= 1
     tissue[cavity] = Tissue.VISCERAL_FAT
-    # Bowel loops: a smooth random field, more bowel low and anteriorly, none in the retroperitoneum.
-    loops = smooth_field(frame.shape, (7, 10, 10), rng)
-    threshold = 0.1 + 0.9 * np.clip(w + 0.1, 0, None) - 0.8 * (v / np.float32(body.depth)) + 0.2 * u2
-    bowel = cavity & (loops > threshold)
+    # Bowel loops, more of them low and anteriorly, none in the retroperitoneum.
+    # The band around the zero level of a smooth random field gives winding, tube-like loops.
+    loops = smooth_field(frame.shape, (8, 14, 14), rng)
+    where = np.float32(0.1) + 0.9 * np.clip(w + 0.1, 0, None) - 0.8 * (v / np.float32(body.depth)) + 0.2 * u2
+    bowel = cavity & (np.abs(loops) < np.float32(0.45)) & (where < np.float32(0.7))
     tissue[bowel] = Tissue.BOWEL
     gas = smooth_field(frame.shape, (8, 14, 14), rng)
     tissue[bowel & (gas > 1.6)] = Tissue.BOWEL_GAS

@@ -41,12 +41,14 @@ class PhantomCase:
         label: int16 ``[Z, Y, X]`` canonical label map with the dataset's label ids.
         geometry: The file geometry (orientation, spacing, origin).
         dtype: Storage dtype of the image file.
+        tissue: uint8 ``[Z, Y, X]`` canonical :class:`~.tissues.Tissue` map (ground truth of every voxel).
     """
 
     image: np.ndarray
     label: np.ndarray
     geometry: Geometry
     dtype: type
+    tissue: np.ndarray
 
 
 def label_lookup(options: PhantomOptions) -> np.ndarray:
@@ -82,7 +84,7 @@ def make_case(index: int, options: PhantomOptions) -> PhantomCase:
     rendered = render(tissue, options.modality, options.mri_contrast, np.random.default_rng(contrast_ss))
     geometry = sample_geometry(options.size, options.random_orientation, np.random.default_rng(geometry_ss))
     label = label_lookup(options)[organs]
-    return PhantomCase(rendered.image, label, geometry, rendered.dtype)
+    return PhantomCase(rendered.image, label, geometry, rendered.dtype, tissue)
 
 
 def make_phantom_case(index: int, options: PhantomOptions) -> tuple[np.ndarray, np.ndarray, Geometry]:

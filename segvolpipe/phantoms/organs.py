@@ -84,7 +84,7 @@ def _kidneys(
         s = size[organ]
         center = (side * (0.4 + rng.uniform(-0.03, 0.03)), -body.depth + 0.32 + rng.uniform(-0.03, 0.03),
                   top - drop + rng.uniform(-0.03, 0.03))
-        radii = (0.13 * s, 0.19 * s, 0.36 * s)
+        radii = (0.15 * s, 0.21 * s, 0.36 * s)
         angle = float(np.arctan2(0.8, -side))  # local +u axis points to the hilum (medial and anterior)
         box = ellipsoid_box(frame, center, radii)
         f = ellipsoid(frame, box, center, radii, angle)
@@ -111,8 +111,8 @@ def _pancreas(
     uc = np.clip(u, F32(tail), F32(head))
     wobble = F32(1) + F32(0.12) * np.sin(uc * F32(rng.uniform(12, 18)) + F32(rng.uniform(0, 2 * np.pi)))
     head_part = np.clip(uc / F32(0.2), 0, 1)
-    rv = (F32(0.05) + F32(0.04) * head_part) * wobble * F32(scale)
-    rw = (F32(0.1) + F32(0.06) * head_part) * F32(scale)
+    rv = (F32(0.06) + F32(0.04) * head_part) * wobble * F32(scale)
+    rw = (F32(0.12) + F32(0.06) * head_part) * F32(scale)
     vc = F32(v0) - F32(0.15) * np.clip(-uc - F32(0.2), 0, None)
     wc = F32(w0) + F32(0.35) * np.clip(-uc, 0, None) - F32(0.05) * head_part
     f = ((u - uc) / rv) ** 2 + ((v - vc) / rv) ** 2 + ((w - wc) / rw) ** 2

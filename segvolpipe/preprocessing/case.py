@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from segvolpipe.config import to_jsonable
-from segvolpipe.fingerprint.case import nonzero_bbox
+from segvolpipe.fingerprint.case import crop_box
 from segvolpipe.io.atomic import load_npy, read_json, save_npy, write_json
 from segvolpipe.io.dataset import RawCase, files_hash
 from segvolpipe.io.nifti import Geometry, read_image, read_label
@@ -61,7 +61,7 @@ def preprocess_arrays(
         ``(data [C, Z', Y', X'] float32, seg [Z', Y', X'] int16 or None, properties)``; the properties hold
         what :func:`revert_to_canonical` needs.
     """
-    box = nonzero_bbox(image)
+    box = crop_box(image, label)
     if box is None:
         box = tuple((0, n) for n in image.shape[1:])
     sl = tuple(slice(a, b) for a, b in box)
@@ -135,7 +135,10 @@ class CaseJob:
 
 
 def case_input_hash(job: CaseJob) -> str:
-    return files_hash(list(job.case.files()), extra=job.settings.key())
+    """Raw files (names, sizes, times), the settings and the package version (new code may preprocess differently)."""
+    from segvolpipe import __version__
+
+    return files_hash(list(job.case.files()), extra=f"{job.settings.key()}|{__version__}")
 
 
 def is_done(job: CaseJob) -> bool:

@@ -92,3 +92,14 @@ def test_settings_key_changes_with_settings() -> None:
     a = PreprocessSettings((1.0, 1.0, 1.0), NORM)
     b = PreprocessSettings((1.0, 1.0, 1.5), NORM)
     assert a.key() != b.key() and a.key() == PreprocessSettings((1.0, 1.0, 1.0), NORM).key()
+
+
+def test_labels_outside_the_nonzero_image_survive_the_round_trip() -> None:
+    image = np.zeros((1, 10, 12, 14), np.float32)
+    image[0, 3:7, 3:9, 3:11] = 100.0
+    label = np.zeros((10, 12, 14), np.int16)
+    label[4:6, 4:8, 4:10] = 1
+    label[8, 1, 12] = 2  # a labelled voxel where the image is zero (a mask drawn on a template)
+    geom = Geometry.from_canonical_spec((10, 12, 14), (1.0, 1.0, 1.0))
+    _, seg, props = preprocess_arrays(image, label, geom, PreprocessSettings((1.0, 1.0, 1.0), NORM))
+    np.testing.assert_array_equal(revert_to_canonical(seg, props, is_label=True), label)
