@@ -13,22 +13,29 @@ if TYPE_CHECKING:
     from segvolpipe.preprocessing.stage import PlanPreprocessResult
 
 
+def _x(values: tuple) -> str:
+    return "×".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in values)
+
+
 def plans_table(plans: Plans) -> Table:
-    """One row per configuration: spacing, input/patch, model size, batch, memory estimate."""
-    table = Table(title=f"{plans.dataset}: plans ({plans.accelerator.kind}, default {plans.default_configuration})")
-    for col in ("configuration", "target spacing (mm)", "median shape", "ViT input / patch", "width×layers", "batch", "est. memory", "U-Net patch"):
-        table.add_column(col)
-    for name, c in plans.configurations.items():
-        table.add_row(
-            name,
-            "×".join(f"{v:.2f}" for v in c.target_spacing),
-            "×".join(map(str, c.median_shape)),
-            f"{'×'.join(map(str, c.vit.input_size))} / {'×'.join(map(str, c.vit.patch_size))} ({c.vit.num_tokens} tokens)",
-            f"{c.vit.hidden_size}×{c.vit.num_layers}",
-            str(c.trainer.batch_size),
-            f"{c.estimated_memory_gb:.1f} GB",
-            "×".join(map(str, c.unet.patch_size)),
-        )
+    """One column per configuration, one row per planned quantity (fits an 80-column terminal)."""
+    table = Table(title=f"{plans.dataset}: plans for {plans.accelerator.kind} (default {plans.default_configuration})")
+    table.add_column("")
+    confs = list(plans.configurations.values())
+    for c in confs:
+        table.add_column(c.name)
+    rows = {
+        "target spacing (mm)": [_x(c.target_spacing) for c in confs],
+        "median shape": [_x(c.median_shape) for c in confs],
+        "ViT input": [_x(c.vit.input_size) for c in confs],
+        "ViT patch (tokens)": [f"{_x(c.vit.patch_size)} ({c.vit.num_tokens})" for c in confs],
+        "width × layers": [f"{c.vit.hidden_size} × {c.vit.num_layers}" for c in confs],
+        "batch (est. memory)": [f"{c.trainer.batch_size} ({c.estimated_memory_gb:.1f} GB)" for c in confs],
+        "U-Net patch": [_x(c.unet.patch_size) for c in confs],
+        "normalisation": [", ".join(n.scheme for n in plans.normalization)] * len(confs),
+    }
+    for name, values in rows.items():
+        table.add_row(name, *values)
     return table
 
 
@@ -40,6 +47,11 @@ def print_plan_preprocess(result: PlanPreprocessResult) -> None:
     if plans_path.exists() and "planning" in result.seconds:
         console.print(plans_table(load_plans(plans_path)))
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+    if not result.configurations:
+        done = "fingerprint, plans and splits" if "planning" in result.seconds else "fingerprint"
+        reused = " (unchanged, reused)" if result.fingerprint_reused else ""
+        console.print(f"{result.dataset}: {done} written{reused} ({timing}) → {result.folder}")
+        return
     console.print(
         f"{result.dataset}: {result.preprocessed} preprocessed, {result.skipped} unchanged, "
         f"{result.linked} linked, {len(result.failed)} failed ({timing}) → {result.folder}"

@@ -15,7 +15,7 @@ Rules (see ARCHITECTURE.md "Planning"):
 
 from __future__ import annotations
 
-import math
+import itertools
 
 import numpy as np
 
@@ -54,22 +54,32 @@ def plan_median_shape(fp: Fingerprint, target: tuple[float, float, float]) -> tu
     return tuple(int(v) for v in np.median(np.array(shapes), axis=0))  # type: ignore[return-value]
 
 
-def _pow2_floor(v: float) -> int:
-    return 2 ** max(0, int(math.floor(math.log2(max(v, 1.0)))))
-
-
 def plan_vit_geometry(
     median_shape: tuple[int, int, int], spacing: tuple[float, float, float], voxel_budget: int, tokens: int
 ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """ViT input size and patch size (z, y, x) for the median case, a voxel budget and a token target."""
+    """ViT input size and patch size (z, y, x) for the median case, a voxel budget and a token target.
+
+    The input keeps the median case's proportions (it is also the whole-volume zoom-out view), scaled
+    into ``voxel_budget``. Patch sizes are powers of two chosen among all combinations to bring the
+    token count near ``tokens`` while keeping patches physically close to cubes.
+    """
     m = np.asarray(median_shape, dtype=np.float64)
     f = min(1.0, (voxel_budget / m.prod()) ** (1 / 3))
     size = np.maximum(m * f, 2.0)
-    extent = size * np.asarray(spacing)  # physical extent (up to a common factor)
-    grid = extent * (tokens / extent.prod()) ** (1 / 3)
-    patch = [min(_pow2_floor(2 ** round(math.log2(max(s / g, 1.0)))), _pow2_floor(s / 2)) for s, g in zip(size, grid, strict=True)]
-    inp = [max(2 * p, int(round(s / p)) * p) for s, p in zip(size, patch, strict=True)]
-    return tuple(inp), tuple(patch)  # type: ignore[return-value]
+    sp = np.asarray(spacing, dtype=np.float64)
+    options = [[2**k for k in range(7) if 2 ** (k + 1) <= max(2.0, s)] for s in size]
+    best, best_score = None, np.inf
+    for combo in itertools.product(*options):
+        patch = np.asarray(combo, dtype=np.float64)
+        grid = np.maximum(np.round(size / patch), 2)
+        physical = patch * sp
+        score = abs(np.log(grid.prod() / tokens)) + 2.0 * np.log(physical.max() / physical.min())
+        if score < best_score:
+            best, best_score = (patch, grid), score
+    assert best is not None
+    patch, grid = best
+    inp = tuple(int(g * p) for g, p in zip(grid, patch, strict=True))
+    return inp, tuple(int(p) for p in patch)  # type: ignore[return-value]
 
 
 def plan_unet(
