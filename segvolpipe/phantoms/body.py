@@ -109,7 +109,7 @@ def paint_body(frame: Frame, body: Body, rng: np.random.Generator) -> tuple[np.n
     tissue[cavity] = Tissue.VISCERAL_FAT
     # Bowel loops, more of them low and anteriorly, none in the retroperitoneum.
     # The band around the zero level of a smooth random field gives winding, tube-like loops.
-    loops = smooth_field(frame.shape, (8, 14, 14), rng)
+    loops = smooth_field(frame.shape, (10, 18, 18), rng)
     where = np.float32(0.1) + 0.9 * np.clip(w + 0.1, 0, None) - 0.8 * (v / np.float32(body.depth)) + 0.2 * u2
     bowel = cavity & (np.abs(loops) < np.float32(0.45)) & (where < np.float32(0.7))
     tissue[bowel] = Tissue.BOWEL
@@ -137,13 +137,12 @@ def paint_spine(frame: Frame, body: Body, tissue: np.ndarray, rng: np.random.Gen
     t = tissue[box]
     in_body = t != Tissue.AIR
     vb = (sub_u / np.float32(r * 1.1)) ** 2 + (sub_v / np.float32(r)) ** 2
-    t[(vb <= 1) & in_body] = np.where(disc, Tissue.DISC, np.where(vb > 0.72, Tissue.CORTICAL, Tissue.CANCELLOUS))[
-        (vb <= 1) & in_body
-    ]
+    vertebra = (vb <= 1) & in_body
+    t[vertebra] = np.where(disc, Tissue.DISC, np.where(vb > 0.72, Tissue.CORTICAL, Tissue.CANCELLOUS))[vertebra]
     canal_v = -r - 0.065
     rc = (sub_u / np.float32(0.06)) ** 2 + ((sub_v - np.float32(canal_v)) / np.float32(0.055)) ** 2
     lamina = (rc > 1) & (rc < 3.2) & (sub_v < np.float32(canal_v + 0.02)) & ~disc
-    spinous = (sub_u / np.float32(0.035)) ** 2 + ((sub_v - np.float32(canal_v - 0.17)) / np.float32(0.14)) ** 2
+    spinous = (sub_u / np.float32(0.035)) ** 2 + ((sub_v - np.float32(canal_v - 0.13)) / np.float32(0.1)) ** 2
     transverse = (np.abs(sub_u) / np.float32(0.24)) ** 2 + ((sub_v - np.float32(canal_v + 0.01)) / np.float32(0.04)) ** 2
     t[(lamina | ((transverse <= 1) & (seg > 0.45) & (seg < 0.75))) & in_body] = Tissue.CORTICAL
     spin = (spinous <= 1) & ~disc & in_body
@@ -174,7 +173,9 @@ def paint_ribs(frame: Frame, body: Body, tissue: np.ndarray, rng: np.random.Gene
     rho = np.sqrt(uu * uu + vv * vv)
     theta = np.arctan2(vv, uu)
     s = np.sin(theta)
-    frac = ((ww + np.float32(0.6) * (s + 1)) * np.float32(per_unit) + np.float32(phase)) % 1.0
+    # Ribs descend from the spine (theta = -pi/2) round to the front: the slope cuts them into segments.
+    around = np.abs(((theta + np.float32(np.pi / 2) + np.float32(np.pi)) % np.float32(2 * np.pi)) - np.float32(np.pi))
+    frac = ((ww + np.float32(0.35) * around) * np.float32(per_unit) + np.float32(phase)) % 1.0
     duty = np.float32(0.36)
     lowest = np.float32(-0.4) + np.float32(0.45) * np.clip(s, 0, None)
     rib = (frac < duty) & (np.abs(theta - np.pi / 2) > 0.75) & (np.abs(theta + np.pi / 2) > 0.3) & (ww > lowest)

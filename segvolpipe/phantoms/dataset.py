@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def dataset_json(options: PhantomOptions) -> dict[str, Any]:
         "labels": labels,
         "numTraining": options.n_train,
         "file_ending": FILE_ENDING,
-        "phantom": {**options.to_json(), "options_hash": options.hash(), "generator_version": GENERATOR_VERSION},
+        "phantom": {**options.to_json(), "options_hash": options.options_hash(), "generator_version": GENERATOR_VERSION},
     }
 
 
@@ -90,23 +90,24 @@ def _looks_partial(folder: Path, options: PhantomOptions) -> bool:
 
 
 def _prepare_folder(root: Path, folder: Path, dataset_id: int, options: PhantomOptions, overwrite: bool) -> None:
-    """Refuse or clear what is in the way (another dataset with this id, different options)."""
+    """Refuse what is in the way, or clear it when it is a phantom dataset and ``overwrite`` is set.
+
+    Another folder with this id is never deleted (it may be a user's real dataset), and neither is a
+    folder of this name that is not a phantom dataset.
+    """
     for other in paths.list_datasets(root):
         parsed = paths.parse_dataset_folder(other)
         if parsed and parsed[0] == dataset_id and other != folder.name:
-            if not overwrite:
-                raise UserError(
-                    f"dataset id {dataset_id:03d} is already used by {other}; choose another id or overwrite",
-                    root / other,
-                )
-            logger.warning("removing %s (same dataset id, overwrite requested)", root / other)
-            shutil.rmtree(root / other)
+            raise UserError(f"dataset id {dataset_id:03d} is already used by {other}; choose another id", root / other)
     if not folder.exists():
         return
-    if overwrite:
+    is_phantom = _recorded_hash(folder) is not None or _looks_partial(folder, options)
+    if overwrite and is_phantom:
         logger.info("removing %s (overwrite requested)", folder)
         shutil.rmtree(folder)
-    elif _recorded_hash(folder) != options.hash() and not _looks_partial(folder, options):
+    elif overwrite:
+        raise UserError("is not a phantom dataset; refusing to overwrite it", folder)
+    elif _recorded_hash(folder) != options.options_hash() and not _looks_partial(folder, options):
         raise UserError("exists with different content or phantom options; use overwrite to regenerate it", folder)
 
 
@@ -146,7 +147,7 @@ def make_phantom_dataset(
     def result(skipped: bool) -> PhantomResult:
         return PhantomResult(folder, folder.name, train_cases, test_cases, skipped, time.perf_counter() - start)
 
-    if not overwrite and _recorded_hash(folder) == options.hash() and _is_complete(folder, options, jobs):
+    if not overwrite and _recorded_hash(folder) == options.options_hash() and _is_complete(folder, options, jobs):
         logger.info("%s is up to date (same phantom options), skipping", folder)
         return result(skipped=True)
     _prepare_folder(root, folder, dataset_id, options, overwrite)
@@ -160,16 +161,21 @@ def make_phantom_dataset(
 
 
 def _run_jobs(jobs: list[tuple[int, bool]], folder: Path, options: PhantomOptions, workers: int, progress: bool) -> None:
-    with progress_bar(progress) as bar:
-        task = bar.add_task(f"phantom cases ({folder.name})", total=len(jobs))
-        if workers == 1 or len(jobs) <= 1:
+    description = f"phantom cases ({folder.name})"
+    if workers == 1 or len(jobs) <= 1:
+        with progress_bar(progress) as bar:
+            task = bar.add_task(description, total=len(jobs))
             for index, train in jobs:
                 _write_case(index, train, str(folder), options)
                 bar.advance(task)
-            return
-        # spawn: workers start clean (no inherited locks from the progress bar's thread or logging).
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_write_case, index, train, str(folder), options) for index, train in jobs]
+        return
+    # Where fork exists it is used (fast start, works from unguarded scripts): every worker is forked at
+    # the first submit, before the progress bar starts its refresh thread.
+    context = get_context("fork") if "fork" in get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
+        futures = [pool.submit(_write_case, index, train, str(folder), options) for index, train in jobs]
+        with progress_bar(progress) as bar:
+            task = bar.add_task(description, total=len(jobs))
             for future in as_completed(futures):
                 future.result()
                 bar.advance(task)

@@ -20,7 +20,7 @@ MIN_SIZE = 8
 
 # Bumped whenever the generator's output changes for the same options, so that old datasets are not
 # mistaken for current ones (it is part of the options hash).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SCHEMA_VERSION = 1
 
 
@@ -122,7 +122,7 @@ class PhantomOptions:
             kwargs["labels"] = tuple(kwargs["labels"])
         return cls(**kwargs)
 
-    def hash(self) -> str:
+    def options_hash(self) -> str:
         """SHA-256 (16 hex digits) of the options and :data:`GENERATOR_VERSION`."""
         payload = json.dumps({"options": self.to_json(), "generator_version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -200,11 +200,13 @@ def _colon(frame: Frame, body: Body, tissue: np.ndarray, label: np.ndarray, rng:
         du = frame.u[box] - F32(cu) - F32(0.04) * np.sin(frame.w[box] * F32(3) + F32(phase))
         dv = frame.v[box] - F32(cv)
         _paint_tube(tissue, label, box, (du * du + dv * dv) / F32(r * r), frame.w[box] < F32(0.15), rng)
-    cw, cv, r = rng.uniform(-0.15, 0.1), 0.55 * q, rng.uniform(0.07, 0.1)
-    box = frame.box((-0.8, 0.8), (cv - r - 0.1, cv + r + 0.1), (cw - r - 0.3, cw + r + 0.3))
-    dw = (frame.w[box] - F32(cw) - F32(0.08) * np.cos(frame.u[box] * F32(3))) * F32(0.5)
-    dv = frame.v[box] - F32(cv)
-    _paint_tube(tissue, label, box, (dw * dw + dv * dv) / F32(r * r), np.abs(frame.u[box]) < F32(0.8), rng)
+    cw, cv, r = rng.uniform(-0.15, 0.1), 0.5 * q, rng.uniform(0.07, 0.1)
+    box = frame.box((-0.8, 0.8), (cv - r - 0.2, cv + r + 0.15), (cw - 3 * r - 0.2, cw + 3 * r + 0.2))
+    u = frame.u[box]
+    haustra = F32(1) + F32(0.2) * np.sin(u * F32(rng.uniform(14, 20)))  # sacculations along the colon
+    dw = (frame.w[box] - F32(cw) + F32(0.2) * u * u) / (F32(2) * haustra)  # sagging in the middle
+    dv = (frame.v[box] - F32(cv) + F32(0.15) * u * u) / haustra
+    _paint_tube(tissue, label, box, (dw * dw + dv * dv) / F32(r * r), np.abs(u) < F32(0.8), rng)
 
 
 def _paint_tube(
