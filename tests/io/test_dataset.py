@@ -99,3 +99,28 @@ def test_invalid_json_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not valid JSON") as info:
         load_training_cases(folder)
     assert info.value.path.endswith("dataset.json")
+
+
+def test_two_channel_case_with_mismatched_channel_grid(tmp_path: Path) -> None:
+    folder = make_blob_dataset(tmp_path, n=2, modality="MRI", vary_spacing=False)
+    data = json.loads((folder / "dataset.json").read_text())
+    data["channel_names"] = {"0": "T1", "1": "T2"}
+    (folder / "dataset.json").write_text(json.dumps(data))
+    same = Geometry.from_canonical_spec((12, 24, 20), (3.0, 0.8, 0.8), ("R", "A", "S"), (0, 0, 0))
+    # blob_000 is stored RAS at the origin, blob_001 LPS at (1, -1, 2) (see make_blob_dataset)
+    write_volume(folder / "imagesTr" / "blob_000_0001.nii.gz", np.ones((12, 24, 20)), same, np.float32)
+    write_volume(folder / "imagesTr" / "blob_001_0001.nii.gz", np.ones((12, 24, 20)), same, np.float32)
+    with pytest.raises(Problems) as info:
+        load_training_cases(folder)
+    lines = info.value.lines()
+    assert len(lines) == 1 and "blob_001_0001.nii.gz" in lines[0] and "affine differs" in lines[0]
+
+
+def test_4d_image_is_reported_at_dataset_level(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    folder = make_blob_dataset(tmp_path, n=2)
+    nib.save(nib.Nifti1Image(np.zeros((20, 24, 12, 3), np.int16), np.eye(4)), str(folder / "imagesTr" / "blob_001_0000.nii.gz"))
+    with pytest.raises(Problems) as info:
+        load_training_cases(folder)
+    assert any("blob_001_0000.nii.gz: expected a 3D volume, got a 4D image" in line for line in info.value.lines())
