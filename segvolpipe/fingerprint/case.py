@@ -74,9 +74,9 @@ def fingerprint_case(task: CaseTask) -> dict[str, Any]:
         UserError: NaN/Inf voxels, an all-zero image or undeclared label values, naming the file.
     """
     case = task.case
-    image, geometry = read_image(case.images)
+    image, geometry = read_image(case.images, dtype=None)  # stored dtype: int16 CT needs no float copy
     for c in range(image.shape[0]):
-        if not np.isfinite(image[c]).all():
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image[c]).all():
             bad = int((~np.isfinite(image[c])).sum())
             raise UserError(f"{bad} voxel(s) are NaN or Inf", case.images[c])
     assert case.label is not None

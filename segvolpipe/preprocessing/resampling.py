@@ -148,7 +148,7 @@ def resample_label(label: np.ndarray, new_shape: Sequence[int], axis: int | None
     best = np.zeros(new_shape, dtype=np.float32)
     total = np.zeros(new_shape, dtype=np.float32)
     out = np.zeros(new_shape, dtype=label.dtype)
-    boxes = ndimage.find_objects(np.where(label > 0, label, 0).astype(np.int64))
+    boxes = ndimage.find_objects(label)  # labels are validated non-negative integers
     for value, sl in enumerate(boxes, start=1):
         if sl is None:
             continue
