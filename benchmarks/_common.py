@@ -10,6 +10,8 @@ session of its own; every ``SAMPLE_INTERVAL_S`` the sampler sums, over the whole
 
 and keeps the largest sum seen. The tree is every live process whose parent chain leads to the
 started process, plus every process of its session (which also catches workers re-parented to init).
+The tree and RSS are read every sample, PSS every 10th (see ``TreeMemorySampler``), which keeps the
+sampler's own CPU use to a few per cent of one core.
 ``os.wait4`` adds the largest single process of the tree (``ru_maxrss``, exact, no sampling).
 """
 
@@ -61,32 +63,46 @@ def _read_kib(path: str, key: bytes) -> int:
     return 0
 
 
+class ProcessTree:
+    """Incremental view of the process tree under ``root_pid`` (plus members of ``session_id``).
+
+    Each :meth:`pids` lists /proc (about 0.15 ms) and reads ``/proc/<pid>/stat`` only of pids it has not
+    seen before, so it can run every few milliseconds. A process's session never changes and its parent
+    only changes to init on re-parenting, which the session test covers.
+    """
+
+    def __init__(self, root_pid: int, session_id: int | None = None) -> None:
+        self.root_pid, self.session_id = root_pid, session_id
+        self._info: dict[int, tuple[int, int]] = {}  # pid -> (ppid, sid)
+
+    def pids(self) -> list[int]:
+        current = {int(n) for n in os.listdir("/proc") if n.isdigit()}
+        for pid in list(self._info):
+            if pid not in current:
+                del self._info[pid]
+        for pid in current - self._info.keys():
+            st = _read_stat(pid)
+            if st is not None:
+                self._info[pid] = st
+        children: dict[int, list[int]] = {}
+        members = set()
+        for pid, (ppid, sid) in self._info.items():
+            children.setdefault(ppid, []).append(pid)
+            if self.session_id is not None and sid == self.session_id:
+                members.add(pid)
+        tree: set[int] = set()
+        stack = [self.root_pid] if self.root_pid in self._info else []
+        while stack:
+            pid = stack.pop()
+            if pid not in tree:
+                tree.add(pid)
+                stack.extend(children.get(pid, ()))
+        return sorted(tree | members)
+
+
 def process_tree(root_pid: int, session_id: int | None = None) -> list[int]:
     """Live pids descending from ``root_pid`` (itself included), plus members of ``session_id``."""
-    parent_of: dict[int, int] = {}
-    members: set[int] = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        st = _read_stat(pid)
-        if st is None:
-            continue
-        parent_of[pid] = st[0]
-        if session_id is not None and st[1] == session_id:
-            members.add(pid)
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent_of.items():
-        children.setdefault(ppid, []).append(pid)
-    tree: set[int] = set()
-    stack = [root_pid] if root_pid in parent_of else []
-    while stack:
-        pid = stack.pop()
-        if pid in tree:
-            continue
-        tree.add(pid)
-        stack.extend(children.get(pid, ()))
-    return sorted(tree | members)
+    return ProcessTree(root_pid, session_id).pids()
 
 
 def tree_memory_kib(pids: list[int], with_pss: bool = True) -> tuple[int, int]:
@@ -100,26 +116,44 @@ def tree_memory_kib(pids: list[int], with_pss: bool = True) -> tuple[int, int]:
 
 
 class TreeMemorySampler(threading.Thread):
-    """Polls the tree of ``pid`` until :meth:`stop`; keeps the peaks of the summed RSS and PSS."""
+    """Polls the tree of ``pid`` until :meth:`stop`; keeps the peaks of the summed RSS and PSS.
 
-    def __init__(self, pid: int, session_id: int | None, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+    Cost control (the machines have 2 cores, and the sampler must not slow what it measures): the tree
+    (incremental, see :class:`ProcessTree`) and VmRSS are read every ``interval_s``; PSS only every
+    ``slow_every`` samples, because smaps_rollup walks the page tables (about 0.8 ms per 1.5 GB
+    process). ``cpu_s`` is the sampler thread's own CPU time.
+    """
+
+    def __init__(
+        self, pid: int, session_id: int | None, interval_s: float = SAMPLE_INTERVAL_S, slow_every: int = 10
+    ) -> None:
         super().__init__(daemon=True)
-        self.pid, self.session_id, self.interval_s = pid, session_id, interval_s
+        self.pid, self.session_id, self.interval_s, self.slow_every = pid, session_id, interval_s, slow_every
         self.peak_rss_kib = self.peak_pss_kib = 0
         self.max_procs = 0
         self.samples = 0
+        self.cpu_s = 0.0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        import resource
+
+        tree = ProcessTree(self.pid, self.session_id)
+        i = 0
         while not self._stop_event.is_set():
-            pids = process_tree(self.pid, self.session_id)
+            slow = i % self.slow_every == 0
+            pids = tree.pids()
             if pids:
-                rss, pss = tree_memory_kib(pids)
+                rss, pss = tree_memory_kib(pids, with_pss=slow)
                 self.peak_rss_kib = max(self.peak_rss_kib, rss)
-                self.peak_pss_kib = max(self.peak_pss_kib, pss)
+                if slow:
+                    self.peak_pss_kib = max(self.peak_pss_kib, pss)
                 self.max_procs = max(self.max_procs, len(pids))
                 self.samples += 1
+            i += 1
             self._stop_event.wait(self.interval_s)
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -143,6 +177,10 @@ class RunResult:
     samples: int
     log: str
     log_tail: str = ""
+    cpu_s: float = 0.0  # user+system CPU of the tree (wait4: the command and its waited-for children)
+    other_cpu_s: float = 0.0  # CPU the rest of the machine used meanwhile (interference), sampler excluded
+    sampler_cpu_s: float = 0.0  # CPU of the memory sampler itself
+    loadavg_before: float = 0.0  # 1-minute load average when the run started
     outputs: dict = field(default_factory=dict)  # filled by the caller: what the command wrote
 
     @property
@@ -165,6 +203,8 @@ def run_measured(
     with open(log_path, "wb") as log:
         log.write(("$ " + shlex.join(cmd) + "\n").encode())
         log.flush()
+        load_before = os.getloadavg()[0]
+        busy0 = _busy_cpu_s()
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             cmd,
@@ -191,6 +231,7 @@ def run_measured(
             if timer:
                 timer.cancel()
         wall = time.perf_counter() - t0
+        busy1 = _busy_cpu_s()
         sampler.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)
     # Workers left behind by the command (they should not be) would still be counted: end them.
@@ -206,7 +247,23 @@ def run_measured(
         samples=sampler.samples,
         log=str(log_path),
         log_tail=tail,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        other_cpu_s=max(0.0, busy1 - busy0 - usage.ru_utime - usage.ru_stime - sampler.cpu_s),
+        sampler_cpu_s=sampler.cpu_s,
+        loadavg_before=load_before,
     )
+
+
+def _busy_cpu_s() -> float:
+    """Non-idle CPU seconds of the whole machine so far (first line of /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal (guest is already inside user)
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _kill_session_leftovers(session_id: int) -> None:
@@ -244,6 +301,8 @@ class Summary:
     max_single_rss_mib: float | None = None
     wall_min_s: float | None = None
     wall_max_s: float | None = None
+    cpu_s: float | None = None
+    other_cpu_s: float | None = None
 
 
 def summarize(results: list[RunResult]) -> Summary:
@@ -258,6 +317,8 @@ def summarize(results: list[RunResult]) -> Summary:
         max_single_rss_mib=median_or_none([r.max_single_rss_mib for r in ok]),
         wall_min_s=min(walls) if walls else None,
         wall_max_s=max(walls) if walls else None,
+        cpu_s=median_or_none([r.cpu_s for r in ok]),
+        other_cpu_s=median_or_none([r.other_cpu_s for r in ok]),
     )
 
 

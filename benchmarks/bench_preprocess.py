@@ -27,8 +27,10 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -190,7 +192,9 @@ def dataset_folder(raw_root: Path, dataset_id: int) -> Path:
     return found[0]
 
 
-def make_phantoms_segvol(raw_root: Path, dataset_id: int, cases: int, size: tuple[int, int, int], logs: Path):
+def make_phantoms_segvol(
+    raw_root: Path, dataset_id: int, cases: int, size: tuple[int, int, int], logs: Path, ras: bool = False
+) -> list[str]:
     cmd = [
         str(SEGVOL),
         "make-phantoms",
@@ -205,6 +209,7 @@ def make_phantoms_segvol(raw_root: Path, dataset_id: int, cases: int, size: tupl
         "--seed",
         "0",
         "--no-progress",
+        *(["--ras"] if ras else []),
     ]
     env = dict(os.environ, SEGVOL_RAW=str(raw_root))
     res = C.run_measured(cmd, env, logs / f"make-phantoms_{dataset_id}.log", cwd=REPO)
@@ -465,7 +470,9 @@ def render_markdown(report: dict) -> str:
         f"before every run); {report['np']} worker processes everywhere. Peak RSS = the largest sum of "
         f"VmRSS over the whole process tree, polled every {int(C.SAMPLE_INTERVAL_S * 1000)} ms (counts "
         "pages shared by forked workers once per process); peak PSS = the same with proportional set "
-        "size (shared pages split); largest process = ru_maxrss of the biggest single process.",
+        "size (shared pages split), polled every 200 ms; largest process = ru_maxrss of the biggest single process. CPU s = "
+        "user+system seconds of the measured tree, and those the rest of the machine used meanwhile "
+        "(non-zero means something else competed for the cores).",
         "",
     ]
     if report.get("skipped"):
@@ -498,6 +505,7 @@ def render_markdown(report: dict) -> str:
                     C.fmt(sm["peak_rss_mib"], 0),
                     C.fmt(sm["peak_pss_mib"], 0),
                     C.fmt(sm["max_single_rss_mib"], 0),
+                    f"{C.fmt(sm.get('cpu_s'))} / {C.fmt(sm.get('other_cpu_s'))}",
                     status,
                 ]
             )
@@ -510,6 +518,7 @@ def render_markdown(report: dict) -> str:
                     "Peak RSS, tree (MiB)",
                     "Peak PSS, tree (MiB)",
                     "Largest process (MiB)",
+                    "CPU s: tree / rest of machine",
                     "OK runs",
                 ],
                 rows,
@@ -529,7 +538,9 @@ def render_markdown(report: dict) -> str:
         "folder under `benchmarks/_work/out/<step>`):"
     )
     lines.append("")
-    for cmd in report["commands"]:
+    for cmd in dict.fromkeys(
+        re.sub(r"Dataset\d{3}_[A-Za-z0-9_-]+", "Dataset<id>_<name>", c) for c in report["commands"]
+    ):
         lines.append(f"    {cmd}")
     lines.append("")
     return "\n".join(lines)
@@ -572,7 +583,7 @@ def _generic_command(display: str, dataset_id: int) -> str:
                 k += 1
             s = s[:i] + "<out>" + s[k:]
     s = s.replace("benchmarks/_work/raw", "<raw>")
-    return s
+    return re.sub(r"Dataset\d{3}_[A-Za-z0-9_-]+", "Dataset<id>_<name>", s)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -607,18 +618,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="segvol",
         help="make the datasets with `segvol make-phantoms` (default) or a builtin stand-in",
     )
+    p.add_argument(
+        "--ras",
+        action="store_true",
+        help="pass --ras to make-phantoms (all files RAS; by default they come in varied orientations, "
+        "which nnU-Net does not reorient)",
+    )
     p.add_argument("--setup-nnunet", action="store_true", help="create/complete nnU-Net's venv, then go on")
     p.add_argument("--setup-only", action="store_true", help="with --setup-nnunet: stop after the set-up")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measured run before it is killed")
     p.add_argument("--out", type=Path, default=WORK / "bench_preprocess.json", help="JSON results file")
+    p.add_argument(
+        "--render", type=Path, metavar="JSON", help="only print the Markdown of an earlier results file"
+    )
     p.add_argument("--io-floor-worker", nargs=2, metavar=("RAW_DATASET", "OUT_DIR"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
+def _terminate(signum, frame):  # noqa: ARG001
+    # SIGTERM -> SystemExit, so that run_measured kills the measured command's session on the way out.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     if args.io_floor_worker:
         io_floor_worker(Path(args.io_floor_worker[0]), Path(args.io_floor_worker[1]), args.np)
+        return 0
+    if args.render:
+        print(render_markdown(json.loads(args.render.read_text())))
         return 0
     WORK.mkdir(parents=True, exist_ok=True)
     if args.setup_nnunet:
@@ -685,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "versions": versions,
         "repeats": repeats,
+        "ras": args.ras,
         "np": args.np,
         "quick": args.quick,
         "phantoms": args.phantoms,
@@ -704,10 +734,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(old)
         t0 = time.perf_counter()
         if args.phantoms == "segvol":
-            gen_cmd = make_phantoms_segvol(dirs["raw"], dataset_id, cases, size, logs)
-            gen = "segvol make-phantoms -d {} --cases {} --test-cases 0 --size {} --seed 0 --no-progress".format(
-                dataset_id, cases, ",".join(map(str, size))
-            )
+            gen_cmd = make_phantoms_segvol(dirs["raw"], dataset_id, cases, size, logs, ras=args.ras)
+            gen = shlex.join([_short(c) for c in gen_cmd])
         else:
             gen_cmd = make_phantoms_builtin(dirs["raw"], dataset_id, cases, size)
             gen = gen_cmd[0]
@@ -728,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  [{r + 1}/{repeats}] {step['label']:<55} {res.wall_s:7.1f} s  RSS {res.peak_rss_mib:7.0f} MiB"
                     f"  PSS {res.peak_pss_mib:7.0f} MiB  max1 {res.max_single_rss_mib:6.0f} MiB"
-                    f"  procs {res.max_procs:2d}  rc {res.returncode}  out {res.outputs}",
+                    f"  procs {res.max_procs:2d}  cpu {res.cpu_s:5.1f}+{res.other_cpu_s:4.1f} s"
+                    f"  rc {res.returncode}  out {res.outputs}",
                     flush=True,
                 )
                 if not res.ok:
