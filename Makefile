@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	@# an editable install compiles nothing; byte-compile now so start-up does not (PYTHONDONTWRITEBYTECODE machines)
+	$(BIN)/python -m compileall -q segvolpipe
 	@touch $(STAMP)
 
 install: $(STAMP)

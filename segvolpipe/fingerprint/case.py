@@ -80,7 +80,11 @@ def fingerprint_case(task: CaseTask) -> dict[str, Any]:
             bad = int((~np.isfinite(image[c])).sum())
             raise UserError(f"{bad} voxel(s) are NaN or Inf", case.images[c])
     assert case.label is not None
-    label, _ = read_label(case.label)
+    label, label_geometry = read_label(case.label)
+    if label_geometry.shape != geometry.shape:
+        raise UserError(f"shape {label_geometry.shape} differs from {case.images[0].name} {geometry.shape}", case.label)
+    if not label_geometry.same_grid(geometry):
+        raise UserError(f"affine differs from {case.images[0].name} (spacing, origin or direction)", case.label)
     counts = np.bincount(label.ravel().astype(np.int64))
     present = {int(v): int(n) for v, n in enumerate(counts) if n}
     undeclared = sorted(set(present) - set(task.label_ids))

@@ -218,8 +218,14 @@ def check_headers(cases: list[RawCase]) -> list[UserError]:
     return problems
 
 
-def load_training_cases(folder: Path) -> tuple[DatasetSpec, list[RawCase]]:
+def load_training_cases(folder: Path, headers: bool = True) -> tuple[DatasetSpec, list[RawCase]]:
     """Validate dataset.json, discover the training cases and check every header; all problems at once.
+
+    Args:
+        folder: The raw dataset folder.
+        headers: Check every file's header here. A caller that reads every file right after (the
+            fingerprint, which checks the same things) passes False; the headers are still checked when
+            discovery found problems, so that the report is complete.
 
     Raises:
         Problems: anything wrong, each problem one line naming its file.
@@ -230,7 +236,8 @@ def load_training_cases(folder: Path) -> tuple[DatasetSpec, list[RawCase]]:
         problems.append(UserError("no training cases found", folder / "imagesTr"))
     elif found != spec.num_training:
         problems.append(UserError(f"numTraining is {spec.num_training} but {found} training case(s) were found", folder / "dataset.json"))
-    problems.extend(check_headers(cases))
+    if headers or problems:
+        problems.extend(check_headers(cases))
     if problems:
         raise Problems(f"{folder}: the raw dataset has {len(problems)} problem(s)", problems)
     return spec, cases

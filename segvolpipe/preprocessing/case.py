@@ -2,7 +2,8 @@
 
 Forward: read (canonical z, y, x) → crop to the non-zero box → normalise → resample to the target
 spacing (images cubic, labels one-hot linear + arg-max; nearest along a coarse axis) → store
-``{case}.npy`` float32 [C, Z, Y, X], ``{case}_seg.npy`` int16 [Z, Y, X] and ``{case}.json``.
+``{case}.npy`` float32 [C, Z, Y, X], ``{case}_seg.npy`` int8 [Z, Y, X] (int16 beyond 127 labels) and
+``{case}.json``.
 Back: :func:`revert_to_canonical` undoes resampling and cropping; :class:`~segvolpipe.io.nifti.Geometry`
 undoes the reorientation when writing.
 """
@@ -46,8 +47,17 @@ class PreprocessSettings:
         return hashlib.sha256(json.dumps(to_jsonable(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def seg_dtype(label_ids: tuple[int, ...]) -> type:
+    """int8 for up to 127 labels (half the bytes of int16), else int16."""
+    return np.int8 if max(label_ids, default=0) <= np.iinfo(np.int8).max else np.int16
+
+
 def preprocess_arrays(
-    image: np.ndarray, label: np.ndarray | None, geometry: Geometry, settings: PreprocessSettings
+    image: np.ndarray,
+    label: np.ndarray | None,
+    geometry: Geometry,
+    settings: PreprocessSettings,
+    label_dtype: type = np.int16,
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Crop, normalise and resample one case held in memory.
 
@@ -58,7 +68,7 @@ def preprocess_arrays(
         settings: Target spacing, normalisation, interpolation orders.
 
     Returns:
-        ``(data [C, Z', Y', X'] float32, seg [Z', Y', X'] int16 or None, properties)``; the properties hold
+        ``(data [C, Z', Y', X'] float32, seg [Z', Y', X'] of ``label_dtype`` or None, properties)``; the properties hold
         what :func:`revert_to_canonical` needs.
     """
     box = crop_box(image, label)
@@ -76,7 +86,7 @@ def preprocess_arrays(
     data = resample_image(data, new_shape, axis, settings.image_order)
     seg = None
     if label is not None:
-        seg = resample_label(label[sl], new_shape, axis, settings.label_order).astype(np.int16)
+        seg = resample_label(label[sl].astype(label_dtype), new_shape, axis, settings.label_order)
     props = {
         "geometry": geometry.to_json(),
         "canonical_shape": list(image.shape[1:]),
@@ -166,7 +176,7 @@ def preprocess_case(job: CaseJob) -> dict[str, Any]:
     label = None
     if job.case.label is not None:
         label, _ = read_label(job.case.label)
-    data, seg, props = preprocess_arrays(image, label, geometry, job.settings)
+    data, seg, props = preprocess_arrays(image, label, geometry, job.settings, seg_dtype(job.label_ids))
     save_npy(out / f"{cid}.npy", data)
     if seg is not None:
         save_npy(out / f"{cid}_seg.npy", seg)

@@ -77,6 +77,11 @@ def _apply_axis(volume: np.ndarray, weights: sparse.csr_matrix, axis: int) -> np
     return np.moveaxis(out, 0, axis)
 
 
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Input index of each output voxel for nearest-neighbour resampling (same rule as the weights)."""
+    return axis_weights(n_in, n_out, "nearest").indices
+
+
 def _kinds(kind: str, axis: int | None) -> list[str]:
     return ["nearest" if a == axis else kind for a in range(3)]
 
@@ -86,27 +91,30 @@ def resample_volume(
     new_shape: Sequence[int],
     kind: str,
     axis: int | None = None,
-    out_box: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """Resample one 3D volume to ``new_shape`` (float32); nearest along ``axis`` when given.
+    """Resample one 3D volume to ``new_shape``; nearest along ``axis`` when given.
+
+    Nearest-neighbour axes are gathered (``np.take``; the dtype is kept), the others go through sparse
+    weights (float32). Axes that shrink are done first and axes that grow last, so every pass touches as
+    few voxels as possible.
 
     Args:
         volume: ``[Z, Y, X]``.
         new_shape: Output grid shape.
         kind: ``"cubic"``, ``"linear"`` or ``"nearest"``.
         axis: Coarse axis resampled by nearest neighbour, or None.
-        out_box: Only compute this half-open box of the output grid.
     """
-    out = volume.astype(np.float32, copy=False)
+    out = volume
     kinds = _kinds(kind, axis)
-    # shrink first along the axes that shrink, so later passes touch fewer voxels
-    order = sorted(range(3), key=lambda a: new_shape[a] / volume.shape[a])
-    for a in order:
-        start, stop = out_box[a] if out_box is not None else (0, int(new_shape[a]))
-        if volume.shape[a] == new_shape[a] and (start, stop) == (0, volume.shape[a]):
+    for a in sorted(range(3), key=lambda a: new_shape[a] / volume.shape[a]):
+        n_in, n_out = volume.shape[a], int(new_shape[a])
+        if n_in == n_out:
             continue
-        out = _apply_axis(out, axis_weights(volume.shape[a], int(new_shape[a]), kinds[a], start, stop), a)
-    return out
+        if kinds[a] == "nearest":
+            out = np.take(out, nearest_indices(n_in, n_out), axis=a)
+        else:
+            out = _apply_axis(out.astype(np.float32, copy=False), axis_weights(n_in, n_out, kinds[a]), a)
+    return out if kind == "nearest" else out.astype(np.float32, copy=False)
 
 
 def resample_image(image: np.ndarray, new_shape: Sequence[int], axis: int | None = None, order: int = 3) -> np.ndarray:
@@ -135,54 +143,58 @@ def _output_box(box: Sequence[tuple[int, int]], shape: Sequence[int], new_shape:
 def resample_label(label: np.ndarray, new_shape: Sequence[int], axis: int | None = None, order: int = 1) -> np.ndarray:
     """Resample a label map [Z, Y, X] to ``new_shape`` without inventing labels.
 
-    Each foreground label's one-hot map is interpolated (``order`` 1 linear or 0 nearest; nearest along a
-    coarse ``axis``) inside its bounding box; a voxel takes the foreground label with the largest score
-    when that score beats background's (one minus the sum of the foreground scores).
+    Each foreground label's one-hot map is interpolated linearly (``order`` 1; 0 is nearest everywhere)
+    inside its bounding box; a voxel takes the foreground label with the largest score when that score
+    beats background's (one minus the sum of the foreground scores). Along a coarse ``axis`` labels are
+    gathered by nearest neighbour, which commutes with the one-hot arg-max, so it is done on the integer
+    map: before the in-plane work when that axis shrinks, after it when it grows.
     """
-    from scipy import ndimage
-
     new_shape = tuple(int(n) for n in new_shape)
     if tuple(label.shape) == new_shape:
         return label.copy()
-    kind = "linear" if order == 1 else "nearest"
+    if order == 0:
+        return resample_volume(label, new_shape, "nearest")
+    nearest_axes = [] if axis is None else [axis]
+    pre = [a for a in nearest_axes if new_shape[a] < label.shape[a]]
+    post = [a for a in nearest_axes if new_shape[a] >= label.shape[a]]
+    for a in pre:
+        label = np.take(label, nearest_indices(label.shape[a], new_shape[a]), axis=a)
+    middle = tuple(label.shape[a] if a in post else new_shape[a] for a in range(3))
+    out = _linear_one_hot(label, middle) if middle != tuple(label.shape) else label.copy()
+    for a in post:
+        out = np.take(out, nearest_indices(out.shape[a], new_shape[a]), axis=a)
+    return out
+
+
+def _linear_one_hot(label: np.ndarray, new_shape: tuple[int, int, int]) -> np.ndarray:
+    """Per-label linear interpolation of the one-hot maps inside each label's box, then the arg-max."""
+    from scipy import ndimage
+
     best = np.zeros(new_shape, dtype=np.float32)
     total = np.zeros(new_shape, dtype=np.float32)
     out = np.zeros(new_shape, dtype=label.dtype)
-    boxes = ndimage.find_objects(label)  # labels are validated non-negative integers
-    for value, sl in enumerate(boxes, start=1):
+    for value, sl in enumerate(ndimage.find_objects(label), start=1):  # labels are validated non-negative
         if sl is None:
             continue
-        in_box = [(s.start, s.stop) for s in sl]
-        out_box = _output_box(in_box, label.shape, new_shape)
-        # the one-hot crop must cover every input voxel the output box samples: take it from the weights
-        crop = []
+        out_box = _output_box([(s.start, s.stop) for s in sl], label.shape, new_shape)
+        crop, mats = [], []
         for a, (start, stop) in enumerate(out_box):
-            w = axis_weights(label.shape[a], new_shape[a], _kinds(kind, axis)[a], start, stop)
-            crop.append((int(w.indices.min()), int(w.indices.max()) + 1))
-        onehot = (label[tuple(slice(a, b) for a, b in crop)] == value).astype(np.float32)
-        score = _resample_crop(onehot, crop, label.shape, new_shape, out_box, kind, axis)
+            if label.shape[a] == new_shape[a]:
+                crop.append(slice(start, stop))
+                mats.append(None)
+                continue
+            w = axis_weights(label.shape[a], new_shape[a], "linear")[start:stop]
+            c0, c1 = int(w.indices.min()), int(w.indices.max()) + 1
+            crop.append(slice(c0, c1))
+            mats.append(w[:, c0:c1].tocsr())
+        score = (label[tuple(crop)] == value).astype(np.float32)
+        for a, m in enumerate(mats):
+            if m is not None:
+                score = _apply_axis(score, m, a)
         region = tuple(slice(a, b) for a, b in out_box)
         total[region] += score
         better = score > best[region]
         out[region][better] = value
         best[region][better] = score[better]
     out[best <= 1.0 - total] = 0
-    return out
-
-
-def _resample_crop(
-    onehot: np.ndarray,
-    crop: list[tuple[int, int]],
-    shape: Sequence[int],
-    new_shape: Sequence[int],
-    out_box: list[tuple[int, int]],
-    kind: str,
-    axis: int | None,
-) -> np.ndarray:
-    """Resample a crop [a:b] of the input onto the output box, using full-grid weights restricted to both."""
-    out = onehot
-    kinds = _kinds(kind, axis)
-    for a in range(3):
-        w = axis_weights(shape[a], new_shape[a], kinds[a], *out_box[a])[:, crop[a][0] : crop[a][1]]
-        out = _apply_axis(out, w.tocsr(), a)
     return out

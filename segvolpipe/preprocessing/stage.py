@@ -135,7 +135,7 @@ def run_plan_preprocess(dataset: str | int | None, opts: PlanPreprocessOptions) 
     name = resolve_dataset(dataset, raw_root())
     raw_folder = raw_root() / name
     t0 = time.perf_counter()
-    spec, cases = load_training_cases(raw_folder)
+    spec, cases = load_training_cases(raw_folder, headers=False)  # the fingerprint pass checks every file
     seconds["check"] = time.perf_counter() - t0
     out = preprocessed_root() / name
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ def test_folder_contract_and_idempotence(roots: dict[str, Path]) -> None:
     seg = load_npy(out / "3d_lite" / "blob_000_seg.npy", mmap=True)
     props = json.loads((out / "3d_lite" / "blob_000.json").read_text())
     assert isinstance(data, np.memmap) and data.dtype == np.float32 and data.ndim == 4
-    assert seg.dtype == np.int16 and data.shape[1:] == seg.shape == tuple(props["shape_after_resampling"])
+    assert seg.dtype == np.int8 and data.shape[1:] == seg.shape == tuple(props["shape_after_resampling"])
     assert set(np.unique(seg)) <= {0, 1, 2}
     # a rerun changes nothing
     before = _snapshot(out)
@@ -116,3 +116,21 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0
     for cmd in ("make-phantoms", "plan-preprocess", "demo"):
         assert cmd in result.output
+
+
+def test_grid_and_data_problems_found_while_fingerprinting(roots: dict[str, Path]) -> None:
+    """With no missing files, headers are checked in the fingerprint pass: still all at once, still nothing written."""
+    from segvolpipe.io.nifti import Geometry, write_label, write_volume
+
+    folder = make_blob_dataset(roots["raw"], 500, n=3, vary_spacing=False)
+    moved = Geometry.from_canonical_spec((12, 24, 20), (3.0, 0.8, 0.8), ("R", "A", "S"), (40.0, 0.0, 0.0))
+    write_label(folder / "labelsTr" / "blob_000.nii.gz", np.zeros((12, 24, 20), np.int16), moved)
+    nan_image = np.full((12, 24, 20), np.nan, np.float32)
+    lps = Geometry.from_canonical_spec((12, 24, 20), (3.0, 0.8, 0.8), ("L", "P", "S"), (1.0, -1.0, 2.0))
+    write_volume(folder / "imagesTr" / "blob_001_0000.nii.gz", nan_image, lps, np.float32)
+    result = _run("plan-preprocess", "-d", "500", "--np", "2", "--no-progress")
+    assert result.exit_code == 2
+    text = result.output
+    assert "blob_000.nii.gz: affine differs from blob_000_0000.nii.gz" in text
+    assert "blob_001_0000.nii.gz: 5760 voxel(s) are NaN or Inf" in text
+    assert not (roots["preprocessed"] / "Dataset500_Blobs").exists()
