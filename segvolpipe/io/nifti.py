@@ -285,10 +285,8 @@ def read_volume(path: str | Path, dtype: np.dtype | type | None = np.float32) ->
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated gzip streams, short files ...
         raise UserError(f"cannot read voxel data, file truncated or corrupt ({type(exc).__name__})", path) from None
-    data = data.reshape(shape)
-    if dtype is not None:
-        data = data.astype(dtype, copy=False)
-    return np.ascontiguousarray(geometry.to_canonical(data)), geometry
+    # one pass: reorient (a view) and convert while making the canonical array contiguous
+    return np.ascontiguousarray(geometry.to_canonical(data.reshape(shape)), dtype=dtype), geometry
 
 
 def read_image(paths: Sequence[str | Path], dtype: np.dtype | type | None = np.float32) -> tuple[np.ndarray, Geometry]:
@@ -318,7 +316,7 @@ def read_image(paths: Sequence[str | Path], dtype: np.dtype | type | None = np.f
             )
         arrays.append(arr)
     assert first is not None
-    return np.stack(arrays), first
+    return (arrays[0][None] if len(arrays) == 1 else np.stack(arrays)), first
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, Geometry]:

@@ -54,7 +54,7 @@ Normalizer = Callable[[np.ndarray, "np.ndarray | None", ChannelNorm], np.ndarray
 
 
 def _ct(x: np.ndarray, mask: np.ndarray | None, p: ChannelNorm) -> np.ndarray:
-    out = np.clip(x, p.clip_low, p.clip_high).astype(np.float32)
+    out = np.clip(x, p.clip_low, p.clip_high).astype(np.float32, copy=False)
     out -= np.float32(p.mean)
     out /= np.float32(max(float(p.std), EPS))
     return out
@@ -64,7 +64,7 @@ def _segvol(x: np.ndarray, mask: np.ndarray | None, p: ChannelNorm) -> np.ndarra
     fg = x > x.mean()
     values = x[fg] if fg.any() else x.ravel()
     lo, hi = np.percentile(values, (0.05, 99.95))
-    out = np.clip(x, lo, hi).astype(np.float32)
+    out = np.clip(x, lo, hi).astype(np.float32, copy=False)
     clipped = np.clip(values, lo, hi)
     out -= np.float32(clipped.mean())
     out /= np.float32(max(float(clipped.std()), EPS))

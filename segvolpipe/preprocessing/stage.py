@@ -66,8 +66,10 @@ class PlanPreprocessResult:
 
 
 def _copy_dataset_json(raw_folder: Path, out: Path) -> None:
-    src = raw_folder / "dataset.json"
-    with atomic_path(out / "dataset.json") as tmp:
+    src, dst = raw_folder / "dataset.json", out / "dataset.json"
+    if dst.exists() and dst.read_bytes() == src.read_bytes():
+        return
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
 
 
