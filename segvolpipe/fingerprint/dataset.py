@@ -7,7 +7,7 @@ cases, so memory stays small however large the dataset). Per label: volume stati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class Fingerprint:
     cases: tuple[dict[str, Any], ...]
     samples_per_case: int
     schema_version: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.cases:
@@ -107,7 +106,6 @@ class Fingerprint:
             "channels": [c.to_json() for c in self.channels],
             "labels": list(self.labels),
             "cases": list(self.cases),
-            **self.extra,
         }
 
     @classmethod
