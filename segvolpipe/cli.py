@@ -146,6 +146,51 @@ def plan_preprocess(
         _fail([f"{cid}: {err}" for cid, err in result.failed] + [f"{len(result.failed)} case(s) failed; the others are done"])
 
 
+class Rule(str, Enum):
+    fh = "fh"
+    percentile = "percentile"
+
+
+@app.command("pseudomask")
+@handles_errors
+def pseudomask(
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset (default: every preprocessed dataset lacking pseudo-masks).")] = None,
+    configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration (default: the plans' default).")] = None,
+    rule: Annotated[Rule, typer.Option("--rule", help="fh: Felzenszwalb–Huttenlocher's adaptive criterion; percentile: SegVol's shipped rule.")] = Rule.fh,
+    scale: Annotated[float, typer.Option("--scale", help="FH scale constant k (larger → larger regions).")] = 1.0,
+    sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing σ in voxels of the finest axis (scaled by spacing per axis).")] = 0.8,
+    min_size: Annotated[int, typer.Option("--min-size", help="Graph components smaller than this (voxels) merge into their cheapest neighbour.")] = 500,
+    min_fraction: Annotated[float, typer.Option("--min-fraction", help="Regions and pieces below this fraction of the voxels are dropped (SegVol's code: 0.001 = 0.1 %).")] = 0.001,
+    percentile: Annotated[float, typer.Option("--percentile", help="Rule percentile: merge edges below this percentile of non-zero weights.")] = 25.0,
+    diagonals: Annotated[bool, typer.Option("--diagonals/--no-diagonals", help="Also SegVol's in-plane diagonal edges.")] = False,
+    morphology: Annotated[bool, typer.Option("--morphology/--no-morphology", help="Per-region opening and closing.")] = True,
+    working_grid: Annotated[str | None, typer.Option("--working-grid", help="Segment on this Z,Y,X grid and map back (SegVol: 32,256,256).")] = None,
+    np_: Annotated[int | None, typer.Option("--np", help="Worker processes (default: CPU count).")] = None,
+    qc: Annotated[bool, typer.Option("--qc/--no-qc", help="Write qc/{case}.png.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases even when their inputs are unchanged.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Make 3D Felzenszwalb–Huttenlocher pseudo-masks for preprocessed cases, cleaned and merged with the labels."""
+    from segvolpipe.log import console
+    from segvolpipe.parallel import default_workers
+    from segvolpipe.pseudomask.case import PseudomaskSettings
+    from segvolpipe.pseudomask.stage import PseudomaskOptions, run_pseudomask
+    from segvolpipe.reporting import print_pseudomask
+
+    settings = PseudomaskSettings(
+        rule=rule.value, k=scale, sigma=sigma, min_size=min_size, min_fraction=min_fraction, percentile=percentile,
+        diagonals=diagonals, morphology=morphology, working_grid=_parse_size(working_grid) if working_grid else None,
+    )
+    results = run_pseudomask(dataset, PseudomaskOptions(configuration, settings, np_ or default_workers(), overwrite, qc, progress))
+    if not results:
+        console.print("every preprocessed dataset already has pseudo-masks for its default configuration")
+    failed = [f"{r.dataset}: {cid}: {err}" for r in results for cid, err in r.failed]
+    for r in results:
+        print_pseudomask(r)
+    if failed:
+        _fail(failed + [f"{len(failed)} case(s) failed; the others are done"])
+
+
 @app.command("demo")
 @handles_errors
 def demo(

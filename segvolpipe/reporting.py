@@ -11,6 +11,7 @@ from segvolpipe.log import console
 if TYPE_CHECKING:
     from segvolpipe.planning.plans import Plans
     from segvolpipe.preprocessing.stage import PlanPreprocessResult
+    from segvolpipe.pseudomask.stage import PseudomaskResult
 
 
 def _x(values: tuple) -> str:
@@ -55,4 +56,20 @@ def print_plan_preprocess(result: PlanPreprocessResult) -> None:
     console.print(
         f"{result.dataset}: {result.preprocessed} preprocessed, {result.skipped} unchanged, "
         f"{result.linked} linked, {len(result.failed)} failed ({timing}) → {result.folder}"
+    )
+
+
+def print_pseudomask(result: PseudomaskResult) -> None:
+    """Per class best-match Dice, then region count, coverage and timing."""
+    table = Table(title=f"{result.dataset} ({result.configuration}): pseudo-masks vs labels")
+    table.add_column("class")
+    table.add_column("best-match Dice", justify="right")
+    for name, dice in result.class_dice.items():
+        table.add_row(name, f"{dice:.3f}")
+    if result.class_dice:
+        console.print(table)
+    console.print(
+        f"{result.dataset}: {result.done} made, {result.skipped} unchanged, {len(result.failed)} failed; "
+        f"{result.mean_regions:.0f} regions per case, {100 * result.mean_coverage:.0f} % of the body covered "
+        f"({result.seconds:.1f} s) → {result.folder}"
     )

@@ -27,13 +27,15 @@ from segvolpipe.phantoms.tissues import N_TISSUES, Tissue
 CT_RANGE = (-1024.0, 3071.0)
 T = Tissue
 
-# (mean, jitter std) per tissue. CT in HU.
+# (mean, jitter std) per tissue. CT in HU, portal-venous phase: the contrast-enhanced abdominal CT of the
+# public datasets SegVol and nnU-Net are measured on (BTCV, AMOS, FLARE). Enhancing organs scale together
+# per case with the bolus timing (see ct_table).
 _CT: dict[Tissue, tuple[float, float]] = {
-    T.AIR: (-1000, 0), T.FAT: (-100, 8), T.MUSCLE: (50, 5), T.VISCERAL_FAT: (-95, 8), T.BOWEL: (35, 8),
-    T.BOWEL_GAS: (-980, 10), T.LUNG: (-850, 30), T.DISC: (85, 10), T.CSF: (15, 4), T.LIVER: (60, 6),
-    T.SPLEEN: (50, 5), T.KIDNEY_CORTEX: (150, 15), T.KIDNEY_MEDULLA: (40, 6), T.AORTA: (180, 20),
-    T.IVC: (90, 15), T.STOMACH_WALL: (45, 6), T.STOMACH_CONTENT: (12, 6), T.GAS: (-1000, 0),
-    T.PANCREAS: (45, 5), T.GALLBLADDER: (8, 4), T.BOWEL_CONTENT: (-20, 30),
+    T.AIR: (-1000, 0), T.FAT: (-100, 8), T.MUSCLE: (55, 5), T.VISCERAL_FAT: (-95, 8), T.BOWEL: (60, 8),
+    T.BOWEL_GAS: (-980, 10), T.LUNG: (-850, 30), T.DISC: (85, 10), T.CSF: (15, 4), T.LIVER: (105, 8),
+    T.SPLEEN: (118, 8), T.KIDNEY_CORTEX: (180, 15), T.KIDNEY_MEDULLA: (100, 8), T.AORTA: (160, 20),
+    T.IVC: (130, 15), T.STOMACH_WALL: (75, 6), T.STOMACH_CONTENT: (12, 6), T.GAS: (-1000, 0),
+    T.PANCREAS: (95, 6), T.GALLBLADDER: (8, 4), T.BOWEL_CONTENT: (-20, 30),
     T.CANCELLOUS: (300, 30), T.CORTICAL: (950, 120), T.LIVER_VESSEL: (0, 0), T.LIVER_LESION: (0, 0),
 }
 # MRI in arbitrary units: T1 (fat bright, liver > spleen, fluid dark), T2 (fluid bright, spleen > liver).
@@ -57,7 +59,7 @@ _TEXTURE_CT: dict[Tissue, tuple[float, float]] = {
     T.CANCELLOUS: (30, 70), T.CORTICAL: (60, 80), T.LIVER: (4, 4), T.SPLEEN: (4, 5), T.PANCREAS: (4, 8),
     T.KIDNEY_CORTEX: (8, 6), T.BOWEL_CONTENT: (40, 120), T.STOMACH_CONTENT: (6, 10),
 }
-_ENHANCING = (T.AORTA, T.IVC, T.KIDNEY_CORTEX, T.LIVER_VESSEL)
+_ENHANCING = (T.AORTA, T.IVC, T.KIDNEY_CORTEX, T.KIDNEY_MEDULLA, T.LIVER, T.SPLEEN, T.PANCREAS, T.STOMACH_WALL)
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,11 @@ def ct_table(rng: np.random.Generator) -> np.ndarray:
         table[tissue] = mean + (rng.normal(0, std) if std else 0.0)
     table[T.CANCELLOUS] = rng.uniform(250, 350)
     table[T.CORTICAL] = rng.uniform(700, 1200)
-    table[T.LIVER_VESSEL] = table[T.LIVER] + rng.uniform(-35, 60)  # unenhanced or enhanced veins
-    table[T.LIVER_LESION] = table[T.LIVER] - rng.uniform(25, 45)
-    enhancement = rng.uniform(0.85, 1.15)
+    enhancement = rng.uniform(0.85, 1.15)  # bolus timing: every enhancing tissue moves together
     for tissue in _ENHANCING:
         table[tissue] = 40 + (table[tissue] - 40) * enhancement
+    table[T.LIVER_VESSEL] = table[T.LIVER] + rng.uniform(20, 60)  # portal and hepatic veins, enhanced
+    table[T.LIVER_LESION] = table[T.LIVER] - rng.uniform(30, 50)  # hypo-enhancing lesions
     return table
 
 
