@@ -6,10 +6,11 @@ statistics, as ``plan-preprocess`` does with the dataset's) is segmented by
 * ``segvolpipe fh``          — ``segment_case`` + ``clean_regions`` (all steps of the stage but file I/O),
 * ``segvolpipe percentile``  — the same with SegVol's shipped rule,
 * ``skimage 2D slices``      — ``skimage.segmentation.felzenszwalb`` on every axial slice (ids made unique),
+  then the same ``clean_regions``,
 
 each in a fresh single-threaded process (time and peak RSS of that process, numba compiled beforehand),
-and scored by best-match Dice per organ (``segvolpipe.pseudomask.metrics.best_match_dice``; for ours
-after cleaning, for skimage on its raw regions, both before any ground-truth merge).
+and scored by best-match Dice per organ (``segvolpipe.pseudomask.metrics.best_match_dice``) after
+cleaning, and before cleaning (raw regions), both before any ground-truth merge.
 
     .venv/bin/python benchmarks/bench_pseudomask.py [--sizes 64,128,128 128,256,256] [--repeats 3]
 """
@@ -63,7 +64,10 @@ def _worker(method: str, size: tuple[int, int, int], settings: dict, queue: mp.Q
             seg2d = felzenszwalb(volume[z].astype(np.float64), scale=settings["scale"], sigma=0.8, min_size=settings["min_size"])
             regions[z] = seg2d + offset + 1
             offset += int(seg2d.max()) + 1
-        scored = regions
+        raw = regions
+        from segvolpipe.pseudomask.clean import clean_regions
+
+        scored = clean_regions(raw, body_mask(volume), max(1, round(0.001 * volume.size)), True)
     else:
         from segvolpipe.pseudomask.case import PseudomaskSettings, segment_case
         from segvolpipe.pseudomask.clean import clean_regions
@@ -73,7 +77,8 @@ def _worker(method: str, size: tuple[int, int, int], settings: dict, queue: mp.Q
         scored = clean_regions(raw, body_mask(volume), max(1, round(s.min_fraction * volume.size)), s.morphology)
     seconds = time.perf_counter() - t0
     dice = best_match_dice(scored, label, ids)
-    queue.put({"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    dice_raw = best_match_dice(raw, label, ids)
+    queue.put({"seconds": seconds, "dice_raw": {o: dice_raw.get(i) for o, i in zip(ORGANS, ids, strict=True)}, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "dice": {o: dice.get(i) for o, i in zip(ORGANS, ids, strict=True)},
                "regions": int(np.unique(scored[scored > 0]).size)})
 
@@ -111,18 +116,22 @@ def main() -> None:
         for name, (method, settings) in methods.items():
             runs = [_measure(method, size, settings) for _ in range(args.repeats)]
             rows.append({"size": text, "method": name, "seconds": statistics.median(r["seconds"] for r in runs),
-                         "peak_mib": max(r["peak_mib"] for r in runs), "dice": runs[0]["dice"], "regions": runs[0]["regions"]})
+                         "peak_mib": max(r["peak_mib"] for r in runs), "dice": runs[0]["dice"], "dice_raw": runs[0]["dice_raw"],
+                         "regions": runs[0]["regions"]})
             print(f"{text:>12} {name:<22} {rows[-1]['seconds']:7.2f} s {rows[-1]['peak_mib']:7.0f} MiB {rows[-1]['dice']}", file=sys.stderr)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(rows, fh, indent=1)
-    print("| volume (z×y×x) | method | time, 1 core (s) | peak RSS (MiB) | regions | " + " | ".join(f"{o} Dice" for o in ORGANS) + " | mean |")
-    print("|---|---|---|---|---|" + "---|" * (len(ORGANS) + 1))
+    print("| volume (z×y×x) | method | time, 1 core (s) | peak RSS (MiB) | regions kept | "
+          + " | ".join(f"{o} Dice" for o in ORGANS) + " | mean | mean before cleaning |")
+    print("|---|---|---|---|---|" + "---|" * (len(ORGANS) + 2))
     for r in rows:
         d = [r["dice"][o] for o in ORGANS]
         cells = " | ".join("–" if v is None else f"{v:.3f}" for v in d)
         mean = statistics.mean(v for v in d if v is not None)
-        print(f"| {r['size'].replace(',', '×')} | {r['method']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['regions']} | {cells} | {mean:.3f} |")
+        raw_mean = statistics.mean(v for v in r["dice_raw"].values() if v is not None)
+        print(f"| {r['size'].replace(',', '×')} | {r['method']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['regions']} "
+              f"| {cells} | {mean:.3f} | {raw_mean:.3f} |")
 
 
 if __name__ == "__main__":

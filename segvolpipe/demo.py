@@ -1,6 +1,6 @@
 """``segvol demo``: every stage that exists, end to end, on an embedded phantom CT dataset.
 
-Today: phantoms → plan-preprocess. Each later stage joins here as it lands.
+Today: phantoms → plan-preprocess → pseudomask. Each later stage joins here as it lands.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
 
     from segvolpipe.phantoms import PhantomOptions, make_phantom_dataset
     from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
-    from segvolpipe.reporting import plans_table
+    from segvolpipe.pseudomask.stage import PseudomaskOptions, run_pseudomask
+    from segvolpipe.reporting import plans_table, print_pseudomask
 
     seconds: dict[str, float] = {}
     phantom = PhantomOptions(n_train=6, n_test=2, size=(32, 64, 64)) if options.quick else PhantomOptions(n_train=16, n_test=4)
@@ -42,16 +43,22 @@ def run_demo(options: DemoOptions) -> DemoResult:
     t0 = time.perf_counter()
     pp = run_plan_preprocess(made.dataset, PlanPreprocessOptions(workers=options.workers, progress=options.progress))
     seconds["plan-preprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    (pm,) = run_pseudomask(made.dataset, PseudomaskOptions(workers=options.workers, progress=options.progress))
+    seconds["pseudomask"] = time.perf_counter() - t0
     from segvolpipe.planning.plans import load_plans
 
     console.print(plans_table(load_plans(pp.folder / "plans.json")))
+    print_pseudomask(pm)
     table = Table(title="segvol demo")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column("output")
     table.add_row("make-phantoms", f"{seconds['make-phantoms']:.1f}", str(made.folder))
     table.add_row("plan-preprocess", f"{seconds['plan-preprocess']:.1f}", str(pp.folder))
+    table.add_row("pseudomask", f"{seconds['pseudomask']:.1f}", f"{pm.folder} (QC figures in qc/)")
     console.print(table)
-    if pp.failed:
-        console.print(f"[red]{len(pp.failed)} case(s) failed[/red]: " + "; ".join(f"{c}: {e}" for c, e in pp.failed))
+    for stage, failed in (("plan-preprocess", pp.failed), ("pseudomask", pm.failed)):
+        if failed:
+            console.print(f"[red]{stage}: {len(failed)} case(s) failed[/red]: " + "; ".join(f"{c}: {e}" for c, e in failed))
     return DemoResult(made.dataset, seconds)

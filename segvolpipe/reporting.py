@@ -64,8 +64,10 @@ def print_pseudomask(result: PseudomaskResult) -> None:
     table = Table(title=f"{result.dataset} ({result.configuration}): pseudo-masks vs labels")
     table.add_column("class")
     table.add_column("best-match Dice", justify="right")
+    table.add_column("before cleaning", justify="right")
     for name, dice in result.class_dice.items():
-        table.add_row(name, f"{dice:.3f}")
+        raw = result.class_dice_before_cleaning.get(name)
+        table.add_row(name, f"{dice:.3f}", "–" if raw is None else f"{raw:.3f}")
     if result.class_dice:
         console.print(table)
     console.print(

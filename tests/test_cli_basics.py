@@ -47,3 +47,13 @@ def test_map_cases_keeps_going_after_a_user_error() -> None:
         outcomes = sorted(map_cases(_maybe_fail, [1, 2, 3], workers=workers, progress=False), key=lambda o: o.item)
         assert [o.value for o in outcomes] == [10, None, 30]
         assert outcomes[1].error == "case_2.nii.gz: bad case"
+
+
+def test_quick_demo_runs_every_stage(roots: dict[str, Path], monkeypatch) -> None:
+    monkeypatch.chdir(roots["raw"].parent)
+    result = runner.invoke(app, ["demo", "--quick", "--np", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    for stage in ("make-phantoms", "plan-preprocess", "pseudomask"):
+        assert stage in result.output
+    pm = roots["preprocessed"] / "Dataset900_PhantomCT" / "pseudomasks" / "3d_lite"
+    assert (pm / "report.json").exists() and len(list((pm / "qc").glob("*.png"))) == 6

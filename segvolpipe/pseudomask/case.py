@@ -119,6 +119,7 @@ def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:
     min_voxels = max(1, int(round(job.settings.min_fraction * image.size)))
     cleaned = clean_regions(raw, body, min_voxels, job.settings.morphology)
     dice = best_match_dice(cleaned, seg, job.class_ids) if seg is not None else {}
+    dice_raw = best_match_dice(raw, seg, job.class_ids) if seg is not None else {}
     n_classes = max(job.class_ids, default=0)
     final, kept = merge_ground_truth(cleaned, seg, n_classes) if seg is not None else (cleaned, int((np.unique(cleaned) > 0).sum()))
     save_npy(out_npy, final.astype(np.int32))
@@ -135,6 +136,7 @@ def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:
         "coverage": coverage(cleaned, body),
         "ignored_fraction": float((cleaned == -1).mean()),
         "best_match_dice": {str(c): d for c, d in dice.items()},
+        "best_match_dice_before_cleaning": {str(c): d for c, d in dice_raw.items()},
         "seconds": time.perf_counter() - t0,
     }
     write_json(out_json, summary)

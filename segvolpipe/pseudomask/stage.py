@@ -41,6 +41,7 @@ class PseudomaskResult:
     skipped: int
     failed: tuple[tuple[str, str], ...]
     class_dice: dict[str, float]
+    class_dice_before_cleaning: dict[str, float]
     mean_regions: float
     mean_coverage: float
     seconds: float
@@ -97,6 +98,11 @@ def _run_one(name: str, options: PseudomaskOptions) -> PseudomaskResult:
         for c in class_ids
     }
     class_dice = {k: float(np.mean(v)) for k, v in per_class.items() if v}
+    before = {
+        names[c]: float(np.mean(v))
+        for c in class_ids
+        if (v := [s["best_match_dice_before_cleaning"][str(c)] for s in summaries.values() if str(c) in s["best_match_dice_before_cleaning"]])
+    }
     ordered = [summaries[c] for c in case_ids if c in summaries]
     result = PseudomaskResult(
         dataset=name,
@@ -106,6 +112,7 @@ def _run_one(name: str, options: PseudomaskOptions) -> PseudomaskResult:
         skipped=sum(s["skipped"] for s in ordered),
         failed=tuple(failed),
         class_dice=class_dice,
+        class_dice_before_cleaning=before,
         mean_regions=float(np.mean([s["regions_kept"] for s in ordered])) if ordered else 0.0,
         mean_coverage=float(np.mean([s["coverage"] for s in ordered])) if ordered else 0.0,
         seconds=time.perf_counter() - t0,
@@ -118,6 +125,7 @@ def _run_one(name: str, options: PseudomaskOptions) -> PseudomaskResult:
         "pseudo_ids_start_at": max(class_ids, default=0) + 1,
         "best_match_dice_mean": class_dice,
         "best_match_dice_per_class": per_class,
+        "best_match_dice_mean_before_cleaning": before,
         "mean_regions": result.mean_regions,
         "mean_coverage": result.mean_coverage,
         "cases": [{k: v for k, v in s.items() if k != "skipped"} for s in ordered],
