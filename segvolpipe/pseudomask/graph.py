@@ -27,6 +27,7 @@ from scipy import ndimage
 from segvolpipe.errors import UserError
 
 RULES: tuple[str, ...] = ("fh", "percentile")
+MERGE_ALWAYS = np.iinfo(np.int32).max  # a min_size no component reaches: the size sweep merges every edge
 
 #: Forward neighbour offsets (dz, dy, dx): the three faces, then SegVol's two in-plane diagonals.
 FACE_OFFSETS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
@@ -111,7 +112,7 @@ def segment_graph(
     else:
         threshold = _percentile_threshold(weights[:n_finite], percentile)
         n_below = int(np.count_nonzero(weights[:n_finite] < threshold))  # sorted: a prefix
-        _merge_all(ids, n_below, n_vox, shifts, parent, size)
+        _min_size_sweep(ids, n_below, n_vox, shifts, MERGE_ALWAYS, parent, size)  # every edge below merges
         left = ids[n_below:n_finite]
     if min_size > 1:
         _min_size_sweep(left, left.size, n_vox, shifts, int(min_size), parent, size)
@@ -253,21 +254,6 @@ def _fh_sweep(
             ids[n_left] = e
             n_left += 1
     return n_left
-
-
-@numba.njit(cache=True)
-def _merge_all(
-    ids: np.ndarray, n_edges: int, n_vox: int, shifts: np.ndarray, parent: np.ndarray, size: np.ndarray
-) -> None:
-    """Merge across every one of the first ``n_edges`` sorted edges (in place)."""
-    for i in range(n_edges):
-        e = ids[i]
-        d = e // n_vox
-        u = e - d * n_vox
-        a = _find(parent, u)
-        b = _find(parent, u + shifts[d])
-        if a != b:
-            _union(parent, size, a, b)
 
 
 @numba.njit(cache=True)
