@@ -46,9 +46,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
     t0 = time.perf_counter()
     (pm,) = run_pseudomask(made.dataset, PseudomaskOptions(workers=options.workers, progress=options.progress))
     seconds["pseudomask"] = time.perf_counter() - t0
-    from segvolpipe.planning.plans import load_plans
-
-    console.print(plans_table(load_plans(pp.folder / "plans.json")))
+    assert pp.plans is not None
+    console.print(plans_table(pp.plans))
     print_pseudomask(pm)
     table = Table(title="segvol demo")
     table.add_column("stage")

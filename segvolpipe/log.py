@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from rich.console import Console
 
 console = Console(stderr=True, highlight=False)
 logger = logging.getLogger("segvolpipe")
-
-T = TypeVar("T")
-
 
 def setup_logging(verbose: bool = False) -> None:
     """Route the package logger through rich (idempotent)."""
@@ -67,12 +63,3 @@ class _NoProgress:
 
     def update(self, task_id: int, **_: object) -> None:  # noqa: ARG002
         return None
-
-
-def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Iterate with a progress bar when ``enabled``."""
-    with progress_bar(enabled) as progress:
-        task = progress.add_task(description, total=total)
-        for item in items:
-            yield item
-            progress.advance(task)

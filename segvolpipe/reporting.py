@@ -42,11 +42,8 @@ def plans_table(plans: Plans) -> Table:
 
 def print_plan_preprocess(result: PlanPreprocessResult) -> None:
     """Summary of a ``plan-preprocess`` run."""
-    from segvolpipe.planning.plans import load_plans
-
-    plans_path = result.folder / "plans.json"
-    if plans_path.exists() and "planning" in result.seconds:
-        console.print(plans_table(load_plans(plans_path)))
+    if result.plans is not None:
+        console.print(plans_table(result.plans))
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     if not result.configurations:
         done = "fingerprint, plans and splits" if "planning" in result.seconds else "fingerprint"

@@ -10,7 +10,6 @@ input's shape, affine and orientation.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,8 +367,3 @@ def write_label(path: str | Path, array: np.ndarray, geometry: Geometry) -> None
     array = np.asarray(array)
     dtype = np.uint8 if array.size == 0 or array.max() < 256 else np.uint16
     write_volume(path, array, geometry, dtype)
-
-
-def crc_of(array: np.ndarray) -> int:
-    """A cheap checksum of an array's bytes (for tests and determinism checks)."""
-    return zlib.crc32(np.ascontiguousarray(array).tobytes())

@@ -6,8 +6,6 @@ frozen dataclasses that round-trip through JSON (:mod:`segvolpipe.config`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,17 +137,6 @@ class ConfigurationPlan:
 
     def __post_init__(self) -> None:
         _positive("target_spacing", self.target_spacing)
-
-    def preprocessing_key(self, normalization: tuple[ChannelNorm, ...]) -> str:
-        """A hash of everything that determines the preprocessed arrays (equal keys → identical data)."""
-        payload = {
-            "target_spacing": self.target_spacing,
-            "anisotropic_axis": self.anisotropic_axis,
-            "image_order": self.image_order,
-            "label_order": self.label_order,
-            "normalization": to_jsonable(normalization),
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

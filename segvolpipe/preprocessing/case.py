@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from segvolpipe.config import to_jsonable
 from segvolpipe.fingerprint.case import crop_box
-from segvolpipe.io.atomic import load_npy, read_json, save_npy, write_json
+from segvolpipe.io.atomic import read_json, save_npy, write_json
 from segvolpipe.io.dataset import RawCase, files_hash
 from segvolpipe.io.nifti import Geometry, read_image, read_label
 from segvolpipe.preprocessing.normalization import ChannelNorm, normalize
@@ -186,10 +186,3 @@ def preprocess_case(job: CaseJob) -> dict[str, Any]:
                   "images": [p.name for p in job.case.images], "label": job.case.label.name if job.case.label else None})
     write_json(out / f"{cid}.json", props)
     return {"case_id": cid, "skipped": False, "shape": props["shape_after_resampling"]}
-
-
-def load_case(folder: Path, case_id: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """Load a preprocessed case: ``(data [C, Z, Y, X], seg [Z, Y, X] or None, properties)``."""
-    seg_path = folder / f"{case_id}_seg.npy"
-    seg = load_npy(seg_path, mmap) if seg_path.exists() else None
-    return load_npy(folder / f"{case_id}.npy", mmap), seg, read_json(folder / f"{case_id}.json")

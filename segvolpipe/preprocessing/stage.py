@@ -63,6 +63,7 @@ class PlanPreprocessResult:
     fingerprint_reused: bool
     plans_reused: bool
     seconds: dict[str, float]
+    plans: Plans | None = None  # the plans used (None after --fingerprint-only)
 
 
 def _copy_dataset_json(raw_folder: Path, out: Path) -> None:
@@ -151,7 +152,7 @@ def run_plan_preprocess(dataset: str | int | None, opts: PlanPreprocessOptions) 
     _splits(cases, out, opts.overwrite)
     seconds["planning"] = time.perf_counter() - t0
     if opts.plan_only:
-        return PlanPreprocessResult(name, out, (), 0, 0, 0, (), fp_reused, plans_reused, seconds)
+        return PlanPreprocessResult(name, out, (), 0, 0, 0, (), fp_reused, plans_reused, seconds, plans)
     configs = opts.configurations or tuple(plans.configurations)
     for c in configs:
         plans.configuration(c)  # unknown names → UserError with the choices
@@ -191,4 +192,4 @@ def run_plan_preprocess(dataset: str | int | None, opts: PlanPreprocessOptions) 
     write_json(out / "preprocess_report.json", {"configurations": report, "failed": [list(f) for f in failed],
                                                 "seconds": seconds})
     return PlanPreprocessResult(name, out, tuple(configs), counts["done"], counts["skipped"], counts["linked"],
-                                tuple(failed), fp_reused, plans_reused, seconds)
+                                tuple(failed), fp_reused, plans_reused, seconds, plans)

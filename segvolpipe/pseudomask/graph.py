@@ -220,6 +220,14 @@ def _union(parent: np.ndarray, size: np.ndarray, a: int, b: int) -> int:
 
 
 @numba.njit(cache=True)
+def _edge_roots(e: int, n_vox: int, shifts: np.ndarray, parent: np.ndarray) -> tuple[int, int]:
+    """The union-find roots of the two voxels joined by edge id ``e`` (``direction * n_vox + voxel``)."""
+    d = e // n_vox
+    u = e - d * n_vox
+    return _find(parent, u), _find(parent, u + shifts[d])
+
+
+@numba.njit(cache=True)
 def _fh_sweep(
     ids: np.ndarray,
     weights: np.ndarray,
@@ -240,10 +248,7 @@ def _fh_sweep(
     internal = np.zeros(parent.size, np.float32)
     for i in range(n_edges):
         e = ids[i]
-        d = e // n_vox
-        u = e - d * n_vox
-        a = _find(parent, u)
-        b = _find(parent, u + shifts[d])
+        a, b = _edge_roots(e, n_vox, shifts, parent)
         if a == b:
             continue
         w = weights[i]
@@ -268,11 +273,7 @@ def _min_size_sweep(
 ) -> None:
     """Merge, cheapest edge first, every pair where either component has fewer than ``min_size`` voxels."""
     for i in range(n_edges):
-        e = ids[i]
-        d = e // n_vox
-        u = e - d * n_vox
-        a = _find(parent, u)
-        b = _find(parent, u + shifts[d])
+        a, b = _edge_roots(ids[i], n_vox, shifts, parent)
         if a != b and (size[a] < min_size or size[b] < min_size):
             _union(parent, size, a, b)
 
