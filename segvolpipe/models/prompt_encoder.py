@@ -1,0 +1,175 @@
+"""SegVol's prompt encoder (SAM's, in 3D) and the batched prompt container.
+
+Coordinates are voxel indices (z, y, x) of the model input; the random Fourier features map them to the
+embedding width. Each prompt becomes a set of sparse tokens: its points (label 1 positive, 0 negative,
+−1 padding), its box as two corner tokens, and its semantic (text) embedding as one more token. Within one
+decoder call every prompt has the same token layout: a token group is present when any prompt of the call
+uses it, and prompts without it get SAM's "not a point" embedding in its place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+Shape3 = tuple[int, int, int]
+
+
+@dataclass
+class Prompts:
+    """``P`` prompts for each of ``B`` images; the model returns one mask per prompt.
+
+    Attributes:
+        text: ``[B, P]`` long, vocabulary index of the semantic prompt, −1 for none.
+        points: ``[B, P, N, 3]`` float voxel coordinates (z, y, x) in the model input, or None.
+        point_labels: ``[B, P, N]`` long: 1 positive, 0 negative, −1 padding (None with ``points``).
+        boxes: ``[B, P, 6]`` float (z0, y0, x0, z1, y1, x1) inclusive voxel corners, or None.
+        box_mask: ``[B, P]`` bool, which prompts have a box (None = all, when ``boxes`` is given).
+        modality: ``[B]`` long, 0 for CT and 1 for MRI (used by the ``prior`` variant's gate), or None = CT.
+    """
+
+    text: Tensor
+    points: Tensor | None = None
+    point_labels: Tensor | None = None
+    boxes: Tensor | None = None
+    box_mask: Tensor | None = None
+    modality: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.text.dim() != 2:
+            raise ValueError(f"text must be [B, P], got {tuple(self.text.shape)}")
+        b, p = self.text.shape
+        if (self.points is None) != (self.point_labels is None):
+            raise ValueError("points and point_labels go together")
+        if self.points is not None and (self.points.shape[:2] != (b, p) or self.points.shape[-1] != 3):
+            raise ValueError(f"points must be [B, P, N, 3] with B, P = {b}, {p}; got {tuple(self.points.shape)}")
+        if self.boxes is not None and self.boxes.shape != (b, p, 6):
+            raise ValueError(f"boxes must be [B, P, 6] = [{b}, {p}, 6]; got {tuple(self.boxes.shape)}")
+        if self.box_mask is not None and self.boxes is None:
+            raise ValueError("box_mask without boxes")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.text.shape[0])
+
+    @property
+    def per_image(self) -> int:
+        return int(self.text.shape[1])
+
+    def flat(self) -> FlatPrompts:
+        """All prompts of the batch in one row each (``M = B·P``)."""
+        m = self.text.numel()
+        box_mask = None
+        if self.boxes is not None:
+            box_mask = self.box_mask if self.box_mask is not None else torch.ones_like(self.text, dtype=torch.bool)
+            box_mask = box_mask.reshape(m)
+        modality = self.modality if self.modality is not None else torch.zeros(self.batch_size, dtype=torch.long,
+                                                                               device=self.text.device)
+        return FlatPrompts(
+            text=self.text.reshape(m),
+            points=None if self.points is None else self.points.reshape(m, -1, 3),
+            point_labels=None if self.point_labels is None else self.point_labels.reshape(m, -1),
+            boxes=None if self.boxes is None else self.boxes.reshape(m, 6),
+            box_mask=box_mask,
+            modality=modality.repeat_interleave(self.per_image),
+        )
+
+
+@dataclass
+class FlatPrompts:
+    """Prompts flattened to one row per mask (see :class:`Prompts` for the meaning of each field)."""
+
+    text: Tensor
+    points: Tensor | None
+    point_labels: Tensor | None
+    boxes: Tensor | None
+    box_mask: Tensor | None
+    modality: Tensor
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random Fourier features of normalised coordinates (the Gaussian matrix is a persistent buffer)."""
+
+    def __init__(self, num_pos_feats: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn(3, num_pos_feats))
+
+    def _encode(self, coords: Tensor) -> Tensor:
+        """coords ``[..., 3]`` in [0, 1] → ``[..., 2·num_pos_feats]``."""
+        coords = (2 * coords - 1) @ self.positional_encoding_gaussian_matrix.to(coords.dtype)
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def grid(self, size: Shape3) -> Tensor:
+        """Features of every cell centre of a ``size`` grid → ``[2·num_pos_feats, *size]``."""
+        device = self.positional_encoding_gaussian_matrix.device
+        axes = [(torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n for n in size]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+        return self._encode(coords).permute(3, 0, 1, 2)
+
+    def coords(self, points: Tensor, input_size: Shape3) -> Tensor:
+        """Voxel coordinates ``[..., 3]`` (z, y, x) of an ``input_size`` volume → features ``[..., C]``."""
+        size = torch.tensor(input_size, dtype=torch.float32, device=points.device)
+        return self._encode((points.float() + 0.5) / size)
+
+
+class PromptEncoder(nn.Module):
+    """Sparse prompt tokens and the dense (no-mask) embedding, SegVol's ``prompt_encoder``."""
+
+    def __init__(self, embed_dim: int, image_embedding_size: Shape3, input_image_size: Shape3) -> None:
+        super().__init__()
+        if embed_dim % 2:
+            raise ValueError(f"the prompt embedding width must be even, got {embed_dim}")
+        self.embed_dim = embed_dim
+        self.image_embedding_size = image_embedding_size
+        self.input_image_size = input_image_size
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        # 0 negative point, 1 positive point, 2 first box corner, 3 second box corner
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def dense_pe(self) -> Tensor:
+        """Positional features of the image-embedding grid ``[1, C, gz, gy, gx]``."""
+        return self.pe_layer.grid(self.image_embedding_size).unsqueeze(0)
+
+    def dense_embedding(self) -> Tensor:
+        """SAM's "no mask" dense prompt, broadcastable to ``[M, C, gz, gy, gx]``."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
+
+    def _points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
+        if pad:
+            points = torch.cat([points, torch.zeros_like(points[:, :1])], dim=1)
+            labels = torch.cat([labels, -torch.ones_like(labels[:, :1])], dim=1)
+        emb = self.pe_layer.coords(points, self.input_image_size)
+        lab = labels.unsqueeze(-1)
+        emb = torch.where(lab == -1, self.not_a_point_embed.weight.to(emb.dtype), emb)
+        emb = emb + torch.where(lab == 0, self.point_embeddings[0].weight, 0.0)
+        emb = emb + torch.where(lab == 1, self.point_embeddings[1].weight, 0.0)
+        return emb
+
+    def _boxes(self, boxes: Tensor, box_mask: Tensor) -> Tensor:
+        corners = self.pe_layer.coords(boxes.reshape(-1, 2, 3), self.input_image_size)
+        corners = corners + torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
+        absent = self.not_a_point_embed.weight.expand(2, -1)
+        return torch.where(box_mask.reshape(-1, 1, 1), corners, absent.to(corners.dtype))
+
+    def forward(self, prompts: FlatPrompts, text_embedding: Tensor | None) -> Tensor:
+        """Sparse tokens ``[M, T, C]`` for ``M`` flat prompts; ``text_embedding`` ``[M, C]`` (rows of prompts
+        without text are ignored) or None when no prompt of the call has text."""
+        m = prompts.text.shape[0]
+        groups: list[Tensor] = []
+        if prompts.points is not None:
+            groups.append(self._points(prompts.points, prompts.point_labels, pad=prompts.boxes is None))
+        if prompts.boxes is not None:
+            groups.append(self._boxes(prompts.boxes, prompts.box_mask))
+        if text_embedding is not None:
+            has_text = (prompts.text >= 0).reshape(m, 1)
+            token = torch.where(has_text, text_embedding, self.not_a_point_embed.weight.to(text_embedding.dtype))
+            groups.append(token.unsqueeze(1))
+        if not groups:
+            raise ValueError("every prompt needs a point, a box or a text")
+        return torch.cat(groups, dim=1)

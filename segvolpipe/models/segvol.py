@@ -1,0 +1,89 @@
+"""The ``segvol`` variant: SegVol's promptable model (image encoder, prompt encoder, mask decoder, text encoder).
+
+The image is encoded once; its ``P`` prompts are decoded together in one decoder call. Sub-modules carry
+SegVol's names, so a SegVol checkpoint maps onto this model key for key (:mod:`segvolpipe.models.pretrained`).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segvolpipe.models.image_encoder import ImageEncoder
+from segvolpipe.models.lora import AdapterRouter
+from segvolpipe.models.mask_decoder import MaskDecoder
+from segvolpipe.models.prompt_encoder import FlatPrompts, PromptEncoder, Prompts
+from segvolpipe.models.spec import ModelSpec
+from segvolpipe.models.text import TextEncoder
+from segvolpipe.models.transformer import expand_batch
+
+
+class SegVolModel(nn.Module):
+    """Image ``[B, C, Z, Y, X]`` + :class:`Prompts` → mask logits ``[B, P, Z, Y, X]`` at the input size."""
+
+    promptable = True
+
+    def __init__(self, spec: ModelSpec, text_features: Tensor | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        hidden = spec.vit.hidden_size
+        if spec.decoder.prompt_embed_dim != hidden:
+            raise ValueError(f"the decoder width {spec.decoder.prompt_embed_dim} must equal the ViT width {hidden}")
+        self.image_encoder = ImageEncoder(spec.in_channels, spec.vit)
+        self.prompt_encoder = PromptEncoder(hidden, spec.vit.grid, spec.vit.input_size)
+        self.mask_decoder = MaskDecoder(spec.decoder, spec.vit.grid)
+        self.text_encoder = TextEncoder(spec, hidden, text_features)
+        # Which rows of the current call run through the modality adapters (the ``prior`` variant's gate);
+        # shared by reference with every adapter layer, empty for the plain model.
+        self.router = AdapterRouter()
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return self.spec.vit.input_size
+
+    def encode_image(self, image: Tensor, modality: Tensor | None = None) -> Tensor:
+        """``[B, C, Z, Y, X]`` → embeddings ``[B, hidden, gz, gy, gx]``."""
+        if tuple(image.shape[2:]) != self.input_size:
+            raise ValueError(f"the model input must be {self.input_size} (z, y, x), got {tuple(image.shape[2:])}")
+        with self.router.route(modality):
+            return self.image_encoder(image)
+
+    def decode(self, embeddings: Tensor, prompts: Prompts, multimask: bool = False) -> Tensor:
+        """Embeddings ``[B, hidden, gz, gy, gx]`` + prompts → logits ``[B, P, Z, Y, X]`` (or ``[B, P, K, Z, Y, X]``
+        with ``multimask``)."""
+        b, p = prompts.batch_size, prompts.per_image
+        if embeddings.shape[0] != b:
+            raise ValueError(f"{embeddings.shape[0]} image embeddings for prompts of {b} images")
+        flat = prompts.flat()
+        with self.router.route(flat.modality):
+            has_text = flat.text >= 0
+            text = self.text_encoder(flat.text, flat.modality) if bool(has_text.any()) else None
+            sparse = self.prompt_encoder(flat, text)
+            rows = self.adapt_image(expand_batch(embeddings, p), flat)
+            masks, _ = self.mask_decoder(rows, self.prompt_encoder.dense_pe(), self.prompt_encoder.dense_embedding(),
+                                         sparse, text, has_text if text is not None else None, multimask,
+                                         self.mask_token_offset(rows, flat))
+        masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)
+        masks = masks.reshape(b, p, *masks.shape[1:])
+        return masks if multimask else masks[:, :, 0]
+
+    def forward(self, image: Tensor, prompts: Prompts) -> Tensor:
+        return self.decode(self.encode_image(image, prompts.modality), prompts)
+
+    # Extension points of the variants (identity here).
+    def adapt_image(self, rows: Tensor, prompts: FlatPrompts) -> Tensor:
+        """Per-prompt image embeddings ``[M, C, gz, gy, gx]`` before the decoder."""
+        return rows
+
+    def mask_token_offset(self, rows: Tensor, prompts: FlatPrompts) -> Tensor | None:
+        """``[M, num_mask_tokens, C]`` added to the decoder's mask tokens, or None."""
+        return None
+
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters SegVol keeps for checkpoint compatibility but never uses with ``multimask=False`` (the
+        IoU head, the extra mask tokens' hypernetworks): a trainer freezes them so DDP sees no unused ones."""
+        names = [n for n, _ in self.named_parameters()
+                 if n.startswith("mask_decoder.iou_prediction_head")]
+        names += [n for n, _ in self.named_parameters() if n.startswith("mask_decoder.output_hypernetworks_mlps.")
+                  and not n.startswith("mask_decoder.output_hypernetworks_mlps.0.")]
+        return names

@@ -1,0 +1,169 @@
+"""What a model is built from: the plans' sizes plus the variant's options, as one frozen dataclass.
+
+A :class:`ModelSpec` is everything a builder needs and is written next to every checkpoint, so a model can
+be rebuilt from its results folder without the plans (and a checkpoint from another configuration is
+recognised before any weight is loaded).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from segvolpipe.config import from_jsonable, to_jsonable
+from segvolpipe.planning.plans import DecoderPlan, Plans, UNetPlan, ViTPlan
+
+CT = "ct"
+MRI = "mri"
+MODALITIES = (CT, MRI)
+
+
+def normalise_label_name(name: str) -> str:
+    """One spelling per structure: ``"Left Kidney"``, ``"left_kidney"`` and ``"left-kidney"`` → ``"left kidney"``."""
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower()).strip()
+
+
+def modality_of_channel(channel_name: str) -> str:
+    """``ct`` for a channel named CT (any case), ``mri`` for every other channel name (T1, T2, FLAIR, ADC …)."""
+    return CT if channel_name.strip().lower() == "ct" else MRI
+
+
+@dataclass(frozen=True)
+class LoRAOptions:
+    """Low-rank adapters on frozen linear layers (Hu et al.); ``targets`` name the layers that get one.
+
+    Targets: ``out_proj`` (ViT attention output), ``qkv`` (ViT attention input), ``mlp`` (ViT MLP),
+    ``decoder_qv`` (q and v projections of the mask decoder's attentions).
+    """
+
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False
+    targets: tuple[str, ...] = ("out_proj",)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be ≥ 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        unknown = set(self.targets) - set(LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"unknown LoRA targets {sorted(unknown)} (choose from {', '.join(LORA_TARGETS)})")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.rslora else self.rank)
+
+
+LORA_TARGETS = ("out_proj", "qkv", "mlp", "decoder_qv")
+
+
+@dataclass(frozen=True)
+class SO3Options:
+    """The steerable branch of the ``so3`` variant (seed reports 000/001)."""
+
+    field_type: str = "scalar"
+    channels: int = 16
+    max_frequency: int = 1
+    adapter_dim: int = 64
+    lora: LoRAOptions = field(default_factory=LoRAOptions)
+
+
+@dataclass(frozen=True)
+class PriorOptions:
+    """Context priors, posterior prototype and the modality-gated mixture of adapters (seed reports 002/003)."""
+
+    prototype_dim: int = 48
+    fusion_heads: int = 8
+    lora: LoRAOptions = field(
+        default_factory=lambda: LoRAOptions(rank=8, alpha=16.0, rslora=True, targets=("qkv", "mlp", "decoder_qv"))
+    )
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """Semantic prompts: learned label embeddings (``learned``) or features of a frozen tower (``minilm``, a path)."""
+
+    tower: str = "learned"
+    dim: int = 512
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one model.
+
+    Attributes:
+        variant: Registry name (``segvol``, ``so3``, ``prior``, ``unet``).
+        configuration: Plans configuration the sizes come from (``3d_lite``, ``3d_segvol``).
+        in_channels: Image channels.
+        vit: Image encoder sizes; ``vit.input_size`` is the model input in (z, y, x).
+        decoder: Prompt encoder / mask decoder sizes.
+        unet: The U-Net's topology (used by ``unet`` only).
+        labels: Foreground class names in label order (label value i+1 ↔ ``labels[i]``).
+        vocabulary: Normalised names the learned text embeddings know (the labels' names, plus more for
+            universal models); semantic prompts index into it.
+        modality: Modality of the training data (``ct`` / ``mri``), from the dataset's channel names.
+        text, so3, prior: The variant options.
+    """
+
+    variant: str
+    configuration: str
+    in_channels: int
+    vit: ViTPlan
+    decoder: DecoderPlan
+    unet: UNetPlan
+    labels: tuple[str, ...]
+    vocabulary: tuple[str, ...]
+    modality: str = CT
+    text: TextOptions = field(default_factory=TextOptions)
+    so3: SO3Options = field(default_factory=SO3Options)
+    prior: PriorOptions = field(default_factory=PriorOptions)
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1:
+            raise ValueError("a model needs at least one input channel")
+        if self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {self.modality!r}")
+        if len(set(self.vocabulary)) != len(self.vocabulary):
+            raise ValueError("the text vocabulary has duplicate names")
+        missing = [n for n in self.labels if normalise_label_name(n) not in self.vocabulary]
+        if missing:
+            raise ValueError(f"labels missing from the vocabulary: {missing}")
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the multi-class U-Net (background included)."""
+        return len(self.labels) + 1
+
+    def text_index(self, name: str) -> int | None:
+        """Index of a label name in the vocabulary (any spelling), or None."""
+        key = normalise_label_name(name)
+        return self.vocabulary.index(key) if key in self.vocabulary else None
+
+    def with_variant(self, variant: str, **options: Any) -> ModelSpec:
+        return replace(self, variant=variant, **options)
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
+        data = {k: v for k, v in data.items() if k not in ("provenance", "schema_version")}
+        return from_jsonable(cls, data)
+
+
+def spec_from_plans(plans: Plans, configuration: str | None, variant: str = "segvol", **options: Any) -> ModelSpec:
+    """The spec of ``variant`` for one configuration of a dataset's plans.
+
+    The modality is CT when every channel is named CT, else MRI (a multi-channel MRI study stays MRI).
+    """
+    conf = plans.configuration(configuration)
+    labels = tuple(name for name, value in sorted(plans.labels, key=lambda t: t[1]) if value > 0)
+    vocabulary = tuple(dict.fromkeys(normalise_label_name(n) for n in labels))
+    modalities = {modality_of_channel(c) for c in plans.channel_names}
+    modality = CT if modalities == {CT} else MRI
+    return ModelSpec(variant=variant, configuration=conf.name, in_channels=len(plans.channel_names),
+                     vit=conf.vit, decoder=conf.decoder, unet=conf.unet, labels=labels, vocabulary=vocabulary,
+                     modality=modality, **options)
