@@ -9,6 +9,7 @@ import functools
 import sys
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -189,6 +190,22 @@ def pseudomask(
         print_pseudomask(r)
     if failed:
         _fail(failed + [f"{len(failed)} case(s) failed; the others are done"])
+
+
+@app.command("models")
+@handles_errors
+def models(
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose plans size the models (default: SegVol's reference model).")] = None,
+    configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration (default: the plans' default).")] = None,
+    variant: Annotated[list[str] | None, typer.Option("--variant", help="Only these variants (repeatable): segvol, so3, prior, unet.")] = None,
+    pretrained: Annotated[Path | None, typer.Option("--pretrained", help="Check that this SegVol (or segvolpipe) checkpoint loads: one table of loaded / skipped / missing tensors.")] = None,
+    clip_tokenizer: Annotated[Path | None, typer.Option("--clip-tokenizer", help="CLIP tokenizer directory (SegVol's config/clip): initialise label embeddings from the checkpoint's CLIP tower.")] = None,
+) -> None:
+    """List the model variants with total and trainable parameter counts for a configuration."""
+    from segvolpipe.models.summary import describe_models
+    from segvolpipe.reporting import print_models
+
+    print_models(describe_models(dataset, configuration, variant, pretrained, clip_tokenizer))
 
 
 @app.command("demo")

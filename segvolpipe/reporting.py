@@ -9,6 +9,7 @@ from rich.table import Table
 from segvolpipe.log import console
 
 if TYPE_CHECKING:
+    from segvolpipe.models.summary import ModelsResult
     from segvolpipe.planning.plans import Plans
     from segvolpipe.preprocessing.stage import PlanPreprocessResult
     from segvolpipe.pseudomask.stage import PseudomaskResult
@@ -72,3 +73,29 @@ def print_pseudomask(result: PseudomaskResult) -> None:
         f"{result.mean_regions:.0f} regions per case, {100 * result.mean_coverage:.0f} % of the body covered "
         f"({result.seconds:.1f} s) → {result.folder}"
     )
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n:,}"
+
+
+def print_models(result: ModelsResult) -> None:
+    """Parameter counts per variant (total / trainable / %), then the pretrained-load report if any."""
+    table = Table(title=f"{result.source} — {result.configuration}, input {_x(result.input_size)} (z×y×x)")
+    for name, justify in (("variant", "left"), ("total", "right"), ("trainable", "right"), ("%", "right"),
+                          ("what it is", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in result.rows:
+        table.add_row(row.variant, _millions(row.total), _millions(row.trainable), f"{row.trainable_percent:.1f} %",
+                      row.description)
+    console.print(table)
+    report = result.load_report
+    if report is None:
+        return
+    load = Table(title=f"{report.source} ({report.layout})")
+    load.add_column("tensors of")
+    load.add_column("count", justify="right")
+    load.add_column("status")
+    for what, count, status in report.rows():
+        load.add_row(what, str(count), status)
+    console.print(load)
