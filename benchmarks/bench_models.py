@@ -10,7 +10,7 @@ variant, a fresh process builds the model and measures, on one batch of ``--batc
 the median of ``--repeats`` timed runs after one warm-up, and the peak memory of the process (CPU: ru_maxrss;
 CUDA: ``torch.cuda.max_memory_allocated``).
 
-    .venv/bin/python benchmarks/bench_models.py [-d 900] [--device cpu|cuda] [--repeats 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_models.py [-d 900] [--device cpu|cuda] [--configurations 3d_lite,3d_segvol] [--repeats 3] [--json out.json]
 
 Needs the dataset's plans (``make demo`` makes Dataset900).
 """
@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default="segvol,so3,prior,unet")
-    parser.add_argument("--skip-segvol", action="store_true", help="Only the dataset's 3d_lite configuration.")
+    parser.add_argument("--configurations", default="3d_lite,3d_segvol",
+                        help="3d_lite: the dataset's plans; 3d_segvol: SegVol's reference model.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -118,7 +119,8 @@ def main() -> None:
 
     name = resolve_dataset(args.dataset, preprocessed_root())
     plans = load_plans(preprocessed_root() / name / "plans.json")
-    bases = [spec_from_plans(plans, "3d_lite")] + ([] if args.skip_segvol else [reference_spec()])
+    bases = [spec_from_plans(plans, "3d_lite") if c == "3d_lite" else reference_spec()
+             for c in args.configurations.split(",")]
     jobs = [(b.with_variant(v).to_json(), args.device, args.batch, args.prompts, args.repeats)
             for b in bases for v in args.variants.split(",")]
     results = []

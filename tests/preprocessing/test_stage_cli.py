@@ -114,7 +114,7 @@ def test_unknown_flag_is_rejected() -> None:
 def test_help_lists_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("make-phantoms", "plan-preprocess", "pseudomask", "demo"):
+    for cmd in ("make-phantoms", "plan-preprocess", "pseudomask", "models", "demo"):
         assert cmd in result.output
 
 
