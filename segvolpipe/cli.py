@@ -208,6 +208,73 @@ def models(
     print_models(describe_models(dataset, configuration, variant, pretrained, clip_tokenizer))
 
 
+class Variant(str, Enum):
+    segvol = "segvol"
+    so3 = "so3"
+    prior = "prior"
+    unet = "unet"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _parse_duration(text: str | None) -> float | None:
+    """``90``, ``90s``, ``10m``, ``1.5h`` → seconds."""
+    from segvolpipe.errors import UserError
+
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise UserError(f"--time-budget {text!r} is not a duration (e.g. 600, 10m, 1.5h)") from None
+    if value <= 0:
+        raise UserError(f"--time-budget must be positive, got {text!r}")
+    return value
+
+
+@app.command("train")
+@handles_errors
+def train(
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset (default: the only preprocessed one).")] = None,
+    variant: Annotated[Variant, typer.Option("--variant", help="Model variant.")] = Variant.segvol,
+    configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration (default: the plans' default).")] = None,
+    fold: Annotated[list[str] | None, typer.Option("--fold", "-f", help="Fold 0-4 or 'all' (repeatable; default 0).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default: the plans').")] = None,
+    iters_per_epoch: Annotated[int | None, typer.Option("--iters-per-epoch", help="Optimiser steps per epoch.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step and process.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    time_budget: Annotated[str | None, typer.Option("--time-budget", help="Stop after this long (600, 10m, 1.5h); the schedule is fitted to it.")] = None,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,
+    init: Annotated[str | None, typer.Option("--init", help="Start from a results folder or checkpoint (so3/prior: default the trained segvol).")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from SegVol's released weights (3d_segvol).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint_latest.pt exactly.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard an existing run of this fold.")] = False,
+    rotation_aug: Annotated[bool | None, typer.Option("--rotation-aug/--no-rotation-aug", help="Rotations over the rotation test's range (±90° about the longitudinal axis).")] = None,
+    pseudo_masks: Annotated[bool | None, typer.Option("--pseudo-masks/--no-pseudo-masks", help="Pseudo-mask regions as extra prompts (default: when they exist).")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", help="Processes with torch.distributed (one per GPU; gloo CPU processes with --device cpu).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of weights, data and prompts.")] = 0,
+    np_: Annotated[int, typer.Option("--np", help="Data-loading workers per process.")] = 2,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Train a model variant on a preprocessed dataset (per fold, resumable, CPU, one GPU or many)."""
+    from segvolpipe.reporting import print_train
+    from segvolpipe.training.stage import TrainOptions, run_train
+
+    options = TrainOptions(
+        variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,
+        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=_parse_duration(time_budget),
+        device=device.value, init=init, pretrained=pretrained, resume=resume, overwrite=overwrite,
+        rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress,
+    )
+    print_train(run_train(dataset, options))
+
+
 @app.command("demo")
 @handles_errors
 def demo(

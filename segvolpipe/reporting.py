@@ -10,6 +10,7 @@ from segvolpipe.log import console
 
 if TYPE_CHECKING:
     from segvolpipe.models.summary import ModelsResult
+    from segvolpipe.training.stage import TrainResult
     from segvolpipe.planning.plans import Plans
     from segvolpipe.preprocessing.stage import PlanPreprocessResult
     from segvolpipe.pseudomask.stage import PseudomaskResult
@@ -99,3 +100,17 @@ def print_models(result: ModelsResult) -> None:
     for what, count, status in report.rows():
         load.add_row(what, str(count), status)
     console.print(load)
+
+
+def print_train(result: TrainResult) -> None:
+    """Per fold: status, epochs, best EMA Dice and the validation Dice (text, box + text, or U-Net)."""
+    table = Table(title=f"{result.dataset}: {result.variant} ({result.configuration})")
+    for name in ("fold", "status", "epochs", "best EMA Dice (epoch)", "validation Dice", "minutes"):
+        table.add_column(name, justify="left" if name in ("fold", "status") else "right")
+    for f in result.folds:
+        val = " / ".join(f"{kind} {summary['foreground_mean']:.3f}" for kind, summary in f.validation.items()
+                         if isinstance(summary, dict) and "foreground_mean" in summary)
+        best = "–" if f.best_ema_dice is None else f"{f.best_ema_dice:.3f} ({f.best_epoch})"
+        table.add_row(f.fold, f.status, str(f.epochs), best, val or "–", f"{f.seconds / 60:.1f}")
+    console.print(table)
+    console.print(f"→ {result.folder}")

@@ -2,9 +2,11 @@
 
 Coordinates are voxel indices (z, y, x) of the model input; the random Fourier features map them to the
 embedding width. Each prompt becomes a set of sparse tokens: its points (label 1 positive, 0 negative,
-−1 padding), its box as two corner tokens, and its semantic (text) embedding as one more token. Within one
-decoder call every prompt has the same token layout: a token group is present when any prompt of the call
-uses it, and prompts without it get SAM's "not a point" embedding in its place.
+−1 padding), its box as two corner tokens, and its semantic (text) embedding as one more token. 
+
+Every call uses one fixed token layout — ``point_tokens`` point tokens (padding −1 where a prompt has fewer),
+two box-corner tokens, one text token; absent parts are SAM's "not a point" embedding — so a model sees
+the same layout in training (where prompts mix kinds in one batch) and at inference (one kind at a time).
 """
 
 from __future__ import annotations
@@ -119,8 +121,10 @@ class PositionEmbeddingRandom(nn.Module):
 class PromptEncoder(nn.Module):
     """Sparse prompt tokens and the dense (no-mask) embedding, SegVol's ``prompt_encoder``."""
 
-    def __init__(self, embed_dim: int, image_embedding_size: Shape3, input_image_size: Shape3) -> None:
+    def __init__(self, embed_dim: int, image_embedding_size: Shape3, input_image_size: Shape3,
+                 point_tokens: int = 20) -> None:
         super().__init__()
+        self.point_tokens = point_tokens
         if embed_dim % 2:
             raise ValueError(f"the prompt embedding width must be even, got {embed_dim}")
         self.embed_dim = embed_dim
@@ -140,10 +144,14 @@ class PromptEncoder(nn.Module):
         """SAM's "no mask" dense prompt, broadcastable to ``[M, C, gz, gy, gx]``."""
         return self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
 
-    def _points(self, points: Tensor, labels: Tensor, pad: bool) -> Tensor:
-        if pad:
-            points = torch.cat([points, torch.zeros_like(points[:, :1])], dim=1)
-            labels = torch.cat([labels, -torch.ones_like(labels[:, :1])], dim=1)
+    def _points(self, points: Tensor, labels: Tensor) -> Tensor:
+        n = points.shape[1]
+        if n > self.point_tokens:
+            raise ValueError(f"{n} points per prompt, the model takes at most {self.point_tokens}")
+        if n < self.point_tokens:
+            pad = self.point_tokens - n
+            points = torch.cat([points, points.new_zeros(points.shape[0], pad, 3)], dim=1)
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], pad), -1)], dim=1)
         emb = self.pe_layer.coords(points, self.input_image_size)
         lab = labels.unsqueeze(-1)
         emb = torch.where(lab == -1, self.not_a_point_embed.weight.to(emb.dtype), emb)
@@ -158,18 +166,20 @@ class PromptEncoder(nn.Module):
         return torch.where(box_mask.reshape(-1, 1, 1), corners, absent.to(corners.dtype))
 
     def forward(self, prompts: FlatPrompts, text_embedding: Tensor | None) -> Tensor:
-        """Sparse tokens ``[M, T, C]`` for ``M`` flat prompts; ``text_embedding`` ``[M, C]`` (rows of prompts
-        without text are ignored) or None when no prompt of the call has text."""
+        """Sparse tokens ``[M, point_tokens + 3, C]`` for ``M`` flat prompts; ``text_embedding`` ``[M, C]`` (rows
+        of prompts without text are ignored) or None when no prompt of the call has text. A row with nothing
+        visible (a training batch's padding row) is all "not a point" tokens."""
         m = prompts.text.shape[0]
-        groups: list[Tensor] = []
-        if prompts.points is not None:
-            groups.append(self._points(prompts.points, prompts.point_labels, pad=prompts.boxes is None))
-        if prompts.boxes is not None:
-            groups.append(self._boxes(prompts.boxes, prompts.box_mask))
-        if text_embedding is not None:
-            has_text = (prompts.text >= 0).reshape(m, 1)
-            token = torch.where(has_text, text_embedding, self.not_a_point_embed.weight.to(text_embedding.dtype))
-            groups.append(token.unsqueeze(1))
-        if not groups:
-            raise ValueError("every prompt needs a point, a box or a text")
-        return torch.cat(groups, dim=1)
+        device = self.not_a_point_embed.weight.device
+        points, labels = prompts.points, prompts.point_labels
+        if points is None:
+            points = torch.zeros(m, 0, 3, device=device)
+            labels = torch.zeros(m, 0, dtype=torch.long, device=device)
+        has_box = prompts.box_mask if prompts.boxes is not None else torch.zeros(m, dtype=torch.bool, device=device)
+        boxes = prompts.boxes if prompts.boxes is not None else torch.zeros(m, 6, device=device)
+        absent = self.not_a_point_embed.weight
+        has_text = (prompts.text >= 0).reshape(m, 1)
+        if text_embedding is None:
+            text_embedding = absent.expand(m, -1)
+        text = torch.where(has_text, text_embedding, absent.to(text_embedding.dtype))
+        return torch.cat([self._points(points, labels), self._boxes(boxes, has_box), text.unsqueeze(1)], dim=1)

@@ -30,7 +30,7 @@ class SegVolModel(nn.Module):
         if spec.decoder.prompt_embed_dim != hidden:
             raise ValueError(f"the decoder width {spec.decoder.prompt_embed_dim} must equal the ViT width {hidden}")
         self.image_encoder = ImageEncoder(spec.in_channels, spec.vit)
-        self.prompt_encoder = PromptEncoder(hidden, spec.vit.grid, spec.vit.input_size)
+        self.prompt_encoder = PromptEncoder(hidden, spec.vit.grid, spec.vit.input_size, spec.point_tokens)
         self.mask_decoder = MaskDecoder(spec.decoder, spec.vit.grid)
         self.text_encoder = TextEncoder(spec, hidden, text_features)
         # Which rows of the current call run through the modality adapters (the ``prior`` variant's gate);

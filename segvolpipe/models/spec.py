@@ -105,6 +105,7 @@ class ModelSpec:
         vocabulary: Normalised names the learned text embeddings know (the labels' names, plus more for
             universal models); semantic prompts index into it.
         modality: Modality of the training data (``ct`` / ``mri``), from the dataset's channel names.
+        point_tokens: Point tokens per prompt (the fixed prompt layout; fewer points are padded).
         text, so3, prior: The variant options.
     """
 
@@ -117,6 +118,7 @@ class ModelSpec:
     labels: tuple[str, ...]
     vocabulary: tuple[str, ...]
     modality: str = CT
+    point_tokens: int = 20
     text: TextOptions = field(default_factory=TextOptions)
     so3: SO3Options = field(default_factory=SO3Options)
     prior: PriorOptions = field(default_factory=PriorOptions)

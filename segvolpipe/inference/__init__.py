@@ -1,0 +1,1 @@
+"""Inference: sliding-window and zoom-out-zoom-in prediction, export to the original geometry."""

@@ -1,0 +1,1 @@
+"""Training: data loading and augmentation, prompts, checkpoints and the training loop."""

@@ -1,0 +1,183 @@
+"""nnU-Net-like data augmentation with batchgenerators, applied to one sample at a time.
+
+Arrays are in the canonical preprocessed layout ``(z, y, x)``: axis 0 is the patient's longitudinal
+(superior) axis. batchgenerators' :class:`SpatialTransform` rotates the sampling grid with
+``rotate_coords_3d``; its ``angle_x`` matrix leaves coordinate 0 unchanged, so **``angle_x`` rotates
+about array axis 0** (the longitudinal axis: every axial slice keeps its content), ``angle_y`` about
+axis 1 and ``angle_z`` about axis 2 (checked by ``tests/training/test_data.py``).
+
+batchgenerators draws from numpy's *global* random state, and its Gaussian noise draws the variance
+from the standard library's :mod:`random`; :func:`augment` seeds both from the sample's own generator
+right before the transforms run, so a sample is a pure function of that generator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from batchgenerators.transforms.abstract_transforms import Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
+from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+
+
+@dataclass(frozen=True)
+class RotationRange:
+    """Symmetric rotation ranges (radians) about each array axis, and the per-sample probability.
+
+    Attributes:
+        about_axis0: Largest ``|angle|`` about axis 0 (z, longitudinal); batchgenerators' ``angle_x``.
+        about_axis1: Largest ``|angle|`` about axis 1 (y, anterior); batchgenerators' ``angle_y``.
+        about_axis2: Largest ``|angle|`` about axis 2 (x, right); batchgenerators' ``angle_z``.
+        probability: Probability that a sample is rotated at all (then all three angles are drawn).
+    """
+
+    about_axis0: float
+    about_axis1: float
+    about_axis2: float
+    probability: float
+
+    def angles(self) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+        """``(angle_x, angle_y, angle_z)`` intervals in batchgenerators' naming."""
+        return tuple((-a, a) for a in (self.about_axis0, self.about_axis1, self.about_axis2))  # type: ignore[return-value]
+
+
+#: nnU-Net-like default: ±15° about the longitudinal axis, ±5° about the others, p = 0.2.
+DEFAULT_ROTATION = RotationRange(float(np.deg2rad(15.0)), float(np.deg2rad(5.0)), float(np.deg2rad(5.0)), 0.2)
+#: ``rotation_aug=True``: ±90° about the longitudinal axis, ±0.1 rad about the others, p = 0.5
+#: (the range of the rotation-robustness test).
+WIDE_ROTATION = RotationRange(float(np.pi / 2), 0.1, 0.1, 0.5)
+SCALE_RANGE = (0.85, 1.25)
+SCALE_PROBABILITY = 0.2
+
+
+def rotation_range(rotation_aug: bool) -> RotationRange:
+    """The rotation range used for ``SamplingOptions.rotation_aug``."""
+    return WIDE_ROTATION if rotation_aug else DEFAULT_ROTATION
+
+
+def spatial_transform(
+    input_size: tuple[int, int, int],
+    rotation: RotationRange,
+    scale_probability: float = SCALE_PROBABILITY,
+) -> SpatialTransform:
+    """Rotation + scaling (no elastic deformation), centre crop to ``input_size``.
+
+    Image: cubic spline, edge values repeated (callers pad with each channel's minimum beforehand).
+    Segmentation channels: nearest neighbour, constant border 0, so no label is ever interpolated.
+    """
+    angle_x, angle_y, angle_z = rotation.angles()
+    return SpatialTransform(
+        patch_size=tuple(input_size),
+        do_elastic_deform=False,
+        do_rotation=rotation.probability > 0,
+        angle_x=angle_x,
+        angle_y=angle_y,
+        angle_z=angle_z,
+        p_rot_per_sample=rotation.probability,
+        do_scale=scale_probability > 0,
+        scale=SCALE_RANGE,
+        p_scale_per_sample=scale_probability,
+        border_mode_data="nearest",
+        order_data=3,
+        border_mode_seg="constant",
+        border_cval_seg=0,
+        order_seg=0,
+        random_crop=False,
+    )
+
+
+@lru_cache(maxsize=16)
+def source_size(input_size: tuple[int, int, int], rotation_aug: bool) -> tuple[int, int, int]:
+    """Size of the block to crop around a sample so that rotation and scaling rarely reach its border.
+
+    The bounding box of the input-sized box under every rotation of the range (sampled on a grid) and
+    the largest scale, rounded up so that ``source - input`` is even along each axis (the spatial
+    transform's centre crop is then exact when it does not move the grid).
+
+    Returns:
+        ``(z, y, x)`` sizes, each at least the input size.
+    """
+    size = np.asarray(input_size, dtype=float)
+    half = (size - 1) / 2
+    corners = np.array(list(itertools.product(*[(-h, h) for h in half])))  # [8, 3]
+    rot = rotation_range(rotation_aug)
+    grids = [np.linspace(-a, a, 9) for a in (rot.about_axis0, rot.about_axis1, rot.about_axis2)]
+    extent = half.copy()
+    for a0, a1, a2 in itertools.product(*grids):
+        extent = np.maximum(extent, np.abs(corners @ _rotation_matrix(a0, a1, a2)).max(axis=0))
+    needed = np.ceil(2 * extent * SCALE_RANGE[1] + 1).astype(int)
+    out = np.maximum(needed, size.astype(int))
+    out += (out - size.astype(int)) % 2
+    return tuple(int(v) for v in out)  # type: ignore[return-value]
+
+
+def _rotation_matrix(a0: float, a1: float, a2: float) -> np.ndarray:
+    """batchgenerators' ``rotate_coords_3d`` matrix (row vectors of ``(z, y, x)`` coordinates)."""
+    c, s = np.cos, np.sin
+    rx = np.array([[1, 0, 0], [0, c(a0), -s(a0)], [0, s(a0), c(a0)]])
+    ry = np.array([[c(a1), 0, s(a1)], [0, 1, 0], [-s(a1), 0, c(a1)]])
+    rz = np.array([[c(a2), -s(a2), 0], [s(a2), c(a2), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+@lru_cache(maxsize=16)
+def build_transforms(input_size: tuple[int, int, int], rotation_aug: bool) -> Compose:
+    """The full pipeline: spatial, Gaussian noise, brightness, contrast, gamma (inverted and not), mirroring.
+
+    Probabilities follow nnU-Net's defaults (noise 0.1, multiplicative brightness 0.15, contrast 0.15,
+    inverted gamma 0.1, gamma 0.3, mirroring each axis with probability 0.5).
+    """
+    return Compose(
+        [
+            spatial_transform(input_size, rotation_range(rotation_aug)),
+            GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_sample=0.1),
+            BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+            ContrastAugmentationTransform(p_per_sample=0.15),
+            GammaTransform(
+                (0.7, 1.5), invert_image=True, per_channel=True, retain_stats=True, p_per_sample=0.1
+            ),
+            GammaTransform(
+                (0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3
+            ),
+            MirrorTransform(axes=(0, 1, 2)),
+        ]
+    )
+
+
+def augment(
+    image: np.ndarray,
+    seg: np.ndarray,
+    rng: np.random.Generator,
+    input_size: tuple[int, int, int],
+    rotation_aug: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Augment one sample and centre-crop it to ``input_size``.
+
+    Args:
+        image: float ``[C, Z, Y, X]`` block, normally :func:`source_size` large, centred on the sample.
+        seg: ``[S, Z, Y, X]`` segmentation channels (label, pseudo-mask) that move with the image.
+        rng: The sample's generator; one draw seeds numpy's and :mod:`random`'s global states.
+        input_size: Output ``(z, y, x)``.
+        rotation_aug: Use :data:`WIDE_ROTATION` instead of :data:`DEFAULT_ROTATION`.
+
+    Returns:
+        ``image`` float32 ``[C, *input_size]`` and ``seg`` float32 ``[S, *input_size]`` holding only
+        values present in the input ``seg`` (or 0).
+    """
+    seed = int(rng.integers(0, 2**32))
+    np.random.seed(seed)
+    random.seed(seed)  # GaussianNoiseTransform draws its variance with random.uniform
+    out = build_transforms(tuple(input_size), bool(rotation_aug))(
+        data=np.ascontiguousarray(image[None], dtype=np.float32),
+        seg=np.ascontiguousarray(seg[None], dtype=np.float32),
+    )
+    return np.asarray(out["data"][0], dtype=np.float32), np.asarray(out["seg"][0], dtype=np.float32)

@@ -1,0 +1,133 @@
+"""One frozen dataclass holds every hyper-parameter of a training run; it is written to ``fold_k/config.json``.
+
+Defaults come from the plans (:func:`config_from_plans`); every command-line option overrides one field,
+so changing an epoch count never needs a subclass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from segvolpipe.config import from_jsonable, to_jsonable
+from segvolpipe.models.spec import ModelSpec
+from segvolpipe.planning.plans import Plans
+from segvolpipe.training.data import SamplingOptions
+from segvolpipe.training.prompts import PromptOptions
+
+FOLDS = ("0", "1", "2", "3", "4", "all")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        dataset, configuration, variant, fold: What is trained (``fold`` ``"0"``–``"4"`` or ``"all"``).
+        model: The model spec (sizes from the plans, variant options).
+        epochs, iters_per_epoch, batch_size: Optimiser steps are ``epochs × iters_per_epoch`` (per process).
+        lr, weight_decay, warmup_epochs, grad_clip: AdamW, linear warm-up then cosine to zero, clipping.
+        time_budget_s: Stop after this much training time; the cosine schedule is fitted to the epochs that
+            fit in the budget, measured on the first epoch.
+        seed: Seeds the weights, the data and the prompts (batches are a function of seed, epoch, step).
+        device: ``cpu`` or ``cuda``; ``bf16``: autocast to bfloat16 on CUDA.
+        workers: Data-loading processes per training process.
+        val_iters: Validation batches per epoch (fixed samples of the fold's validation cases); their Dice's
+            exponential moving average (``ema_weight`` for the newest epoch) picks ``checkpoint_best.pt``.
+        sampling, prompts: Data and prompt sampling.
+        init: Results folder or checkpoint the model starts from (``so3``/``prior``: the trained ``segvol``).
+        pretrained: SegVol checkpoint to start from.
+        gpus: Processes (one per GPU; CPU processes with gloo when ``device`` is ``cpu``).
+    """
+
+    dataset: str
+    configuration: str
+    variant: str
+    fold: str
+    model: ModelSpec
+    epochs: int
+    iters_per_epoch: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    grad_clip: float
+    sampling: SamplingOptions
+    prompts: PromptOptions
+    time_budget_s: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = True
+    workers: int = 2
+    val_iters: int = 4
+    ema_weight: float = 0.2
+    init: str | None = None
+    pretrained: str | None = None
+    gpus: int = 1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.fold not in FOLDS:
+            raise ValueError(f"fold must be one of {', '.join(FOLDS)}, got {self.fold!r}")
+        for name in ("epochs", "iters_per_epoch", "batch_size", "gpus"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
+        if self.prompts.num_points > self.model.point_tokens:
+            raise ValueError(f"{self.prompts.num_points} points per prompt exceed the model's {self.model.point_tokens}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup_epochs * self.iters_per_epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        data = {k: v for k, v in data.items() if k not in ("provenance", "schema_version")}
+        return from_jsonable(cls, data)
+
+    def resumable_from(self, other: TrainConfig) -> list[str]:
+        """Fields that differ from a stored run in ways that forbid ``--resume`` (epochs, the time budget,
+        the device, workers and init sources may change)."""
+        free = {"epochs", "time_budget_s", "device", "workers", "init", "pretrained", "bf16", "extras"}
+        return [f for f in to_jsonable(self) if f not in free and getattr(self, f) != getattr(other, f)]
+
+
+def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any) -> TrainConfig:
+    """The plans' defaults for ``spec``, with ``overrides`` (None values ignored) applied."""
+    conf = plans.configuration(spec.configuration)
+    trainer = conf.trainer
+    unet = spec.variant == "unet"
+    input_size = spec.unet.patch_size if unet else spec.vit.input_size
+    sampling = SamplingOptions(input_size=input_size, batch_size=trainer.batch_size,
+                               oversample_foreground=trainer.oversample_foreground,
+                               zoom_out_probability=0.0 if unet else trainer.zoom_out_probability)
+    prompts = PromptOptions(max_prompts=trainer.max_prompts_per_sample + 2, box_jitter=trainer.box_jitter_voxels,
+                            pseudo_weight=trainer.pseudo_mask_weight)
+    config = TrainConfig(
+        dataset=plans.dataset, configuration=conf.name, variant=spec.variant, fold=fold, model=spec,
+        epochs=trainer.epochs, iters_per_epoch=trainer.iters_per_epoch, batch_size=trainer.batch_size,
+        lr=trainer.unet_lr if unet else trainer.lr, weight_decay=trainer.weight_decay,
+        warmup_epochs=trainer.warmup_epochs, grad_clip=trainer.grad_clip, sampling=sampling, prompts=prompts,
+        bf16=trainer.bf16_on_cuda,
+    )
+    return apply_overrides(config, **overrides)
+
+
+def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    """Replace fields (``sampling_*`` / ``prompts_*`` reach into the nested options); None means keep."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    sampling = {k[len("sampling_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("sampling_")}
+    prompts = {k[len("prompts_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("prompts_")}
+    if "batch_size" in overrides:
+        sampling["batch_size"] = overrides["batch_size"]
+    return replace(config, sampling=replace(config.sampling, **sampling), prompts=replace(config.prompts, **prompts),
+                   **overrides)

@@ -1,0 +1,104 @@
+"""Losses and a metric for training.
+
+- Promptable models (SegVol): per prompt, soft Dice + BCE-with-logits on the sigmoid mask; prompts are
+  averaged with their weights (1 class prompts, 0.1 pseudo-mask prompts, 0 padding).
+- The U-Net baseline (nnU-Net): Dice + cross-entropy on the softmax over classes, with deep-supervision heads
+  weighted 1, 1/2, 1/4, … normalised to sum 1.
+
+Everything is computed in float32, also under autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import Tensor
+
+DICE_SMOOTH = 1.0  # SegVol's BinaryDiceLoss smoothing: an empty target with an empty prediction costs 0
+
+
+def _check(logits: Tensor, targets: Tensor) -> None:
+    if logits.dim() != 5 or logits.shape != targets.shape:
+        raise ValueError(f"logits and targets must both be [B, P, Z, Y, X], got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+
+
+def prompt_loss(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """Weighted mean over prompts of soft Dice loss + BCE-with-logits.
+
+    Args:
+        logits: ``[B, P, Z, Y, X]`` mask logits.
+        targets: ``[B, P, Z, Y, X]`` 0/1 masks.
+        weights: ``[B, P]`` prompt weights; rows with weight 0 (padding) do not take part at all.
+
+    Returns:
+        A float32 scalar: ``Σ w·(dice + bce) / Σ w`` over rows with ``w > 0`` (BCE averaged over voxels);
+        0, still attached to ``logits``' graph, when every weight is 0.
+    """
+    _check(logits, targets)
+    if weights.shape != logits.shape[:2]:
+        raise ValueError(f"weights must be [B, P] = {tuple(logits.shape[:2])}, got {tuple(weights.shape)}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        x = logits.float().flatten(2)
+        t = targets.float().flatten(2)
+        w = weights.float()
+        prob = torch.sigmoid(x)
+        inter = (prob * t).sum(-1)
+        dice = 1 - (2 * inter + DICE_SMOOTH) / (prob.sum(-1) + t.sum(-1) + DICE_SMOOTH)
+        bce = F.binary_cross_entropy_with_logits(x, t, reduction="none").mean(-1)
+        active = w > 0
+        per_prompt = torch.where(active, dice + bce, torch.zeros_like(dice))
+        total = (per_prompt * torch.where(active, w, torch.zeros_like(w))).sum()
+        return total / w.clamp(min=0).sum().clamp(min=torch.finfo(torch.float32).tiny)
+
+
+def prompt_dice(logits: Tensor, targets: Tensor, threshold: float = 0.5) -> Tensor:
+    """Hard Dice of each prompt's mask ``sigmoid(logits) > threshold`` against its target.
+
+    Args:
+        logits: ``[B, P, Z, Y, X]`` mask logits.
+        targets: ``[B, P, Z, Y, X]`` 0/1 masks.
+        threshold: Probability threshold.
+
+    Returns:
+        ``[B, P]`` float32 Dice, NaN where target and prediction are both empty.
+    """
+    _check(logits, targets)
+    with torch.no_grad():
+        pred = (torch.sigmoid(logits.detach().float()) > threshold).flatten(2)
+        t = targets.detach().flatten(2) > 0.5
+        inter = (pred & t).sum(-1).float()
+        size = (pred.sum(-1) + t.sum(-1)).float()
+        return 2 * inter / size  # 0/0 = NaN where both are empty
+
+
+def unet_loss(output: Tensor, label: Tensor, num_classes: int) -> Tensor:
+    """nnU-Net's Dice + cross-entropy, over the deep-supervision heads when there are several.
+
+    Args:
+        output: ``[B, K, Z, Y, X]`` class logits, or MONAI DynUNet's training output ``[B, 1 + D, K, Z, Y, X]``
+            (full-resolution logits, then ``D`` heads already upsampled to the full size).
+        label: ``[B, Z, Y, X]`` or ``[B, 1, Z, Y, X]`` class map with values ``0..K-1``.
+        num_classes: ``K``, classes including the background (checked against ``output``).
+
+    Returns:
+        A float32 scalar: ``Σ_h w_h · (Dice_h + CE_h)`` with ``w_h ∝ 2^{-h}`` summing to 1. Dice is MONAI's
+        soft Dice over the foreground classes of each sample (``include_background=False``, as nnU-Net).
+    """
+    heads = output.unsqueeze(1) if output.dim() == 5 else output
+    if heads.dim() != 6 or heads.shape[2] != num_classes:
+        raise ValueError(f"output must be [B, {num_classes}, Z, Y, X] or [B, 1 + D, {num_classes}, Z, Y, X], "
+                         f"got {tuple(output.shape)}")
+    if label.dim() == 4:
+        label = label.unsqueeze(1)
+    if label.shape[0] != heads.shape[0] or label.shape[1] != 1 or label.shape[2:] != heads.shape[3:]:
+        raise ValueError(f"label {tuple(label.shape)} does not match the output {tuple(output.shape)}")
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=num_classes == 1)
+    d = heads.shape[1]
+    scale = torch.tensor([0.5**h for h in range(d)])
+    scale = (scale / scale.sum()).tolist()
+    with torch.autocast(device_type=output.device.type, enabled=False):
+        target = label.long()
+        return sum((s * loss_fn(heads[:, h].float(), target) for h, s in enumerate(scale)),
+                   heads.new_zeros((), dtype=torch.float32))

@@ -1,0 +1,277 @@
+"""``segvol train``: train one variant on one or all folds of a preprocessed dataset.
+
+Results go to ``results/DatasetXXX/{variant}__{configuration}/`` (with copies of plans.json, dataset.json and
+fingerprint.json, so inference needs only that folder) and ``fold_{k}/`` inside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from segvolpipe.errors import UserError
+from segvolpipe.io.atomic import atomic_path, write_json
+from segvolpipe.log import logger
+from segvolpipe.models.registry import build_model, check_variant
+from segvolpipe.models.spec import ModelSpec, spec_from_plans
+from segvolpipe.paths import preprocessed_root, raw_root, resolve_dataset, results_root
+from segvolpipe.planning.plans import Plans, load_plans
+from segvolpipe.planning.splits import load_splits
+from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
+from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
+from segvolpipe.training.trainer import Distributed, FoldFiles
+
+ADAPTED = ("so3", "prior")  # variants that start from a trained segvol model
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Options of ``segvol train`` (None: the plans' default)."""
+
+    variant: str = "segvol"
+    configuration: str | None = None
+    folds: tuple[str, ...] = ("0",)
+    epochs: int | None = None
+    iters_per_epoch: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    time_budget_s: float | None = None
+    device: str = "auto"
+    init: str | None = None
+    pretrained: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    rotation_aug: bool | None = None
+    pseudo_masks: bool | None = None
+    gpus: int = 1
+    seed: int = 0
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class FoldResult:
+    fold: str
+    folder: Path
+    status: str  # trained | resumed | skipped
+    epochs: int = 0
+    best_epoch: int | None = None
+    best_ema_dice: float | None = None
+    validation: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    dataset: str
+    variant: str
+    configuration: str
+    folder: Path
+    folds: list[FoldResult]
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked but torch sees no CUDA GPU")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return name
+
+
+def results_folder(dataset: str, variant: str, configuration: str) -> Path:
+    return results_root() / dataset / f"{variant}__{configuration}"
+
+
+def _copy_metadata(pre: Path, out: Path) -> None:
+    for name in ("plans.json", "dataset.json", "fingerprint.json"):
+        if (pre / name).exists():
+            with atomic_path(out / name) as tmp:
+                shutil.copyfile(pre / name, tmp)
+
+
+def _fold_cases(pre: Path, fold: str) -> tuple[list[str], list[str]]:
+    splits = load_splits(pre / "splits.json")
+    if fold == "all":
+        cases = sorted({c for s in splits for c in s["train"] + s["val"]})
+        return cases, []
+    k = int(fold)
+    if k >= len(splits):
+        raise UserError(f"fold {k} does not exist ({len(splits)} folds in splits.json)", pre / "splits.json")
+    return list(splits[k]["train"]), list(splits[k]["val"])
+
+
+def _init_source(config: TrainConfig, options: TrainOptions) -> tuple[Path | None, str]:
+    """Checkpoint the model starts from and how it was found."""
+    if options.init:
+        path = Path(options.init)
+        if path.is_dir():
+            path = path / f"fold_{config.fold}" / "checkpoint_final.pt" if (path / f"fold_{config.fold}").is_dir() \
+                else path / "checkpoint_final.pt"
+        if not path.is_file():
+            raise UserError("--init found no checkpoint_final.pt (give a results folder or a checkpoint)", path)
+        return path, "init"
+    if options.pretrained:
+        return Path(options.pretrained), "pretrained"
+    if config.variant in ADAPTED:
+        base = results_folder(config.dataset, "segvol", config.configuration) / f"fold_{config.fold}"
+        if (base / "checkpoint_final.pt").is_file():
+            return base / "checkpoint_final.pt", "segvol"
+        raise UserError(
+            f"the {config.variant} variant starts from a trained segvol model, and there is none for fold "
+            f"{config.fold}: run 'segvol train -d {config.dataset} -c {config.configuration} --fold {config.fold} "
+            "--variant segvol' first, or pass --init RESULTS_FOLDER_OR_CHECKPOINT / --pretrained FILE", base)
+    return None, ""
+
+
+def _load_init(model: torch.nn.Module, spec: ModelSpec, path: Path, kind: str) -> None:
+    from segvolpipe.models.pretrained import load_pretrained
+
+    if kind in ("init", "segvol"):
+        payload = load_checkpoint(path)
+        base = ModelSpec.from_json(payload["spec"])
+        if base.variant != "unet" and spec.variant != "unet":
+            check_same_spec(payload, spec.with_variant(base.variant, so3=base.so3, prior=base.prior).to_json(), path)
+    report = load_pretrained(model, path)
+    logger.info("model initialised from %s (%d tensors loaded, %d new in this variant, %d missing)",
+                path, len(report.loaded), len(report.new_in_variant), len(report.missing))
+
+
+def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) -> TrainConfig:
+    spec = spec_from_plans(plans, options.configuration, check_variant(options.variant))
+    return config_from_plans(
+        plans, spec, fold, epochs=options.epochs, iters_per_epoch=options.iters_per_epoch,
+        batch_size=options.batch_size, lr=options.lr, time_budget_s=options.time_budget_s, seed=options.seed,
+        device=device, workers=options.workers, init=options.init, pretrained=options.pretrained, gpus=options.gpus,
+        sampling_rotation_aug=options.rotation_aug, sampling_pseudo_masks=options.pseudo_masks,
+    )
+
+
+def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
+    """Train ``options.variant`` on each fold of ``options.folds``; skips folds already trained identically."""
+    name = resolve_dataset(dataset, preprocessed_root())
+    pre = preprocessed_root() / name
+    plans = load_plans(pre / "plans.json")
+    device = resolve_device(options.device)
+    for fold in options.folds:
+        if fold not in FOLDS:
+            raise UserError(f"unknown fold {fold!r} (0–4 or all)")
+    first = build_config(plans, options, options.folds[0], device)
+    out = results_folder(name, first.variant, first.configuration)
+    _copy_metadata(pre, out)
+    results = []
+    for fold in options.folds:
+        config = build_config(plans, options, fold, device)
+        results.append(train_fold(config, options, pre, out / f"fold_{fold}"))
+    return TrainResult(name, first.variant, first.configuration, out, results)
+
+
+def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path) -> FoldResult:
+    """One fold, in this process or, with ``gpus > 1``, in ``gpus`` processes (torch.distributed)."""
+    files = FoldFiles(folder)
+    if files.final.exists() and files.config.exists() and not options.overwrite and not options.resume:
+        stored = TrainConfig.from_json(_read(files.config))
+        if not stored.resumable_from(config) and stored.epochs == config.epochs:
+            logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold, folder)
+            return FoldResult(config.fold, folder, "skipped")
+    if options.overwrite and folder.exists():
+        shutil.rmtree(folder)
+    if files.latest.exists() and not options.resume and not options.overwrite:
+        raise UserError("a run exists here: --resume continues it, --overwrite starts again", folder)
+    if options.resume and not files.latest.exists():
+        raise UserError("nothing to resume (no checkpoint_latest.pt)", folder)
+    if options.resume:
+        stored = TrainConfig.from_json(_read(files.config))
+        changed = config.resumable_from(stored)
+        if changed:
+            raise UserError(f"--resume with other settings than the stored run ({', '.join(changed)})", files.config)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(files.config, config.to_json())
+    if config.gpus > 1:
+        from segvolpipe.training.distributed import launch
+
+        return launch(config, options, pre, folder)
+    return run_fold_process(config, options, pre, folder, Distributed())
+
+
+def _read(path: Path) -> dict:
+    from segvolpipe.io.atomic import read_json
+
+    return read_json(path)
+
+
+def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path,
+                     dist: Distributed) -> FoldResult:
+    """Everything one training process does for a fold (rank 0 also writes and validates)."""
+    import time
+
+    from segvolpipe.training.data import CaseStore, TrainingLoader
+    from segvolpipe.training.trainer import Trainer
+    from segvolpipe.training.validation import validate_cases
+
+    start = time.perf_counter()
+    files = FoldFiles(folder)
+    plans_conf = config.configuration
+    train_cases, val_cases = _fold_cases(pre, config.fold)
+    device = torch.device(config.device, dist.rank % max(1, torch.cuda.device_count())) if config.device == "cuda" \
+        else torch.device("cpu")
+    torch.manual_seed(config.seed)
+    spec = config.model
+    model = build_model(spec)
+    if hasattr(model, "unused_parameter_names"):
+        for n, p in model.named_parameters():
+            if n in set(model.unused_parameter_names()):
+                p.requires_grad_(False)
+    init_path, kind = _init_source(config, options)
+    if init_path is not None and not options.resume:
+        _load_init(model, spec, init_path, kind)
+    model.to(device)
+    pseudo_folder = pre / "pseudomasks" / plans_conf
+    use_pseudo = config.sampling.pseudo_masks and config.variant != "unet"
+    if use_pseudo and not pseudo_folder.is_dir():
+        if options.pseudo_masks:
+            raise UserError(f"no pseudo-masks for {plans_conf}: run 'segvol pseudomask -d {config.dataset} -c "
+                            f"{plans_conf}' or train with --no-pseudo-masks", pseudo_folder)
+        logger.info("no pseudo-masks in %s: training without them", pseudo_folder)
+        use_pseudo = False
+    from dataclasses import replace
+
+    config = replace(config, sampling=replace(config.sampling, pseudo_masks=use_pseudo))
+    store = CaseStore(pre / plans_conf, train_cases + val_cases, pseudo_folder if use_pseudo else None)
+    loader = TrainingLoader(store, train_cases, config.sampling, config.seed, config.workers)
+    val_batches = []
+    if val_cases:
+        val_options = replace(config.sampling, augment=False, zoom_out_probability=0.0, pseudo_masks=False)
+        val_loader = TrainingLoader(store, val_cases, val_options, config.seed + 1, 0)
+        val_batches = list(val_loader.epoch(0, config.val_iters))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    train_model = model
+    if dist.world_size > 1:
+        # a batch may use no text prompt (or, for prior on CT, no adapter): parameters can go unused
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.variant != "unet")
+    trainer = Trainer(config, model, optimizer, lambda e: loader.epoch(e, config.iters_per_epoch, dist.rank,
+                                                                       dist.world_size),
+                      val_batches if dist.is_main else [], files, device, dist, options.progress, train_model)
+    status = "trained"
+    if options.resume:
+        payload = load_checkpoint(files.latest)
+        check_same_spec(payload, spec.to_json(), files.latest)
+        trainer.restore(payload)
+        status = "resumed"
+    state = trainer.fit()
+    result = FoldResult(config.fold, folder, status, state.epoch, state.best_epoch, state.best_ema_dice)
+    if dist.is_main and val_cases:
+        raw = raw_root() / config.dataset
+        result.validation = validate_cases(model, config.variant == "unet", spec.labels,
+                                           [spec.text_index(n) for n in spec.labels], spec.modality, val_cases,
+                                           pre / plans_conf, raw, files.validation, device,
+                                           bf16=config.bf16 and device.type == "cuda", progress=options.progress)
+    result.seconds = time.perf_counter() - start
+    return result

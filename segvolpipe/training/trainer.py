@@ -1,0 +1,279 @@
+"""The training loop shared by every variant: AdamW, warm-up + cosine, clipping, bf16 on CUDA, exact resume.
+
+Batches and prompts are pure functions of (seed, epoch, step, rank), and the checkpoint at the end of each
+epoch carries the model, the optimiser, the schedule position and every RNG state, so a run resumed from
+``checkpoint_latest.pt`` computes exactly what the uninterrupted run computes. Ctrl-C saves the current
+state before exiting (that epoch restarts on resume). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segvolpipe.io.atomic import atomic_write
+from segvolpipe.log import logger, progress_bar
+from segvolpipe.models.spec import CT
+from segvolpipe.training.checkpoint import TrainState, save_checkpoint, set_rng_state
+from segvolpipe.training.config import TrainConfig
+from segvolpipe.training.losses import prompt_dice, prompt_loss, unet_loss
+from segvolpipe.training.prompts import PromptOptions, sample_prompts
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from ``base`` to 0 at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    span = max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+@dataclass
+class Distributed:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, flag: bool, device: torch.device) -> bool:
+        """Rank 0's decision, on every rank (so all ranks take the same number of steps)."""
+        if self.world_size == 1:
+            return flag
+        return bool(self.share(int(flag), device))
+
+    def share(self, value: int, device: torch.device) -> int:
+        """Rank 0's integer, on every rank."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.broadcast(t, src=0)
+        return int(t.item())
+
+
+@dataclass
+class FoldFiles:
+    folder: Path
+
+    def __post_init__(self) -> None:
+        f = self.folder
+        self.config, self.log, self.progress = f / "config.json", f / "training_log.jsonl", f / "progress.png"
+        self.latest, self.best, self.final = (f / "checkpoint_latest.pt", f / "checkpoint_best.pt",
+                                              f / "checkpoint_final.pt")
+        self.validation = f / "validation"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_dice: float | None
+    val_dice_box: float | None
+    ema_dice: float | None
+    lr: float
+    epoch_s: float
+    samples_per_s: float
+    extra: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs one fold of one variant (see :func:`segvolpipe.training.stage.run_train`)."""
+
+    def __init__(self, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 train_batches: Callable[[int], object], val_batches: list[dict[str, Tensor]],
+                 files: FoldFiles, device: torch.device, dist: Distributed, progress: bool = True,
+                 train_model: nn.Module | None = None) -> None:
+        self.config, self.model, self.optimizer = config, model, optimizer
+        self.train_model = train_model or model  # the DDP wrapper when distributed
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.files, self.device, self.dist, self.progress = files, device, dist, progress
+        self.promptable = config.variant != "unet"
+        spec = config.model
+        self.text_index = [spec.text_index(n) for n in spec.labels]
+        self.modality = 0 if spec.modality == CT else 1
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.state = TrainState(total_steps=config.epochs * config.iters_per_epoch)
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
+            device.type == "cuda" and config.bf16) else contextlib.nullcontext
+
+    # -- state ------------------------------------------------------------------------------------------
+    def restore(self, payload: dict) -> None:
+        """Continue from a loaded checkpoint (see :func:`segvolpipe.training.checkpoint.load_checkpoint`)."""
+        self.model.load_state_dict(payload["model"])
+        if payload["optimizer"] is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = payload["state"]
+        set_rng_state(payload["rng"])
+
+    def _save(self, path: Path) -> None:
+        if self.dist.is_main:
+            save_checkpoint(path, self.model, self.optimizer, self.state, self.config.to_json(),
+                            self.config.model.to_json())
+
+    # -- steps ------------------------------------------------------------------------------------------
+    def _prompt_generator(self, epoch: int, step: int) -> torch.Generator:
+        seed = int(np.random.SeedSequence([self.config.seed, epoch, step, self.dist.rank, 7]).generate_state(1)[0])
+        return torch.Generator().manual_seed(seed)
+
+    def _loss(self, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+        image = batch["image"].to(self.device, non_blocking=True)
+        label = batch["label"]
+        if not self.promptable:
+            with self.autocast():
+                out = self.train_model(image)
+            return unet_loss(out.float(), label.to(self.device), self.config.model.num_classes)
+        pseudo = batch["pseudo"] if self.config.sampling.pseudo_masks else None
+        modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)
+        pb = sample_prompts(label, pseudo, self.text_index, self.config.prompts, generator, modality)
+        prompts = _to_device(pb.prompts, self.device)
+        with self.autocast():
+            logits = self.train_model(image, prompts)
+        return prompt_loss(logits.float(), pb.targets.to(self.device), pb.weights.to(self.device))
+
+    def _step(self, batch: dict[str, Tensor], epoch: int, step: int) -> float:
+        self.train_model.train()
+        lr = lr_at(self.state.step, self.state.total_steps, self.config.warmup_steps, self.config.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self._loss(batch, self._prompt_generator(epoch, step))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.state.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float | None, float | None]:
+        """Mean Dice over the fixed validation batches: text prompts, and box + text (promptable models)."""
+        if not self.val_batches:
+            return None, None
+        self.model.eval()
+        text_scores, box_scores = [], []
+        for i, batch in enumerate(self.val_batches):
+            label = batch["label"]
+            image = batch["image"].to(self.device)
+            if not self.promptable:
+                with self.autocast():
+                    pred = self.model(image).float().argmax(1).cpu()
+                text_scores += _class_dice(pred, label, self.config.model.num_classes)
+                continue
+            modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)
+            for combo, scores in (("text", text_scores), ("box+text", box_scores)):
+                options = PromptOptions(max_prompts=len(self.text_index), box_jitter=0, pseudo_prompts=0,
+                                        absent_text_prompts=0, combos=(combo,))
+                pb = sample_prompts(label, None, self.text_index, options, torch.Generator().manual_seed(i), modality)
+                with self.autocast():
+                    logits = self.model(image, _to_device(pb.prompts, self.device)).float().cpu()
+                dice = prompt_dice(logits, pb.targets)
+                scores += [float(d) for d, w in zip(dice.flatten(), pb.weights.flatten(), strict=True)
+                           if w > 0 and not torch.isnan(d)]
+        mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+        return mean(text_scores), mean(box_scores)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Train from ``self.state.epoch`` to the end (or the time budget); returns the final state."""
+        cfg, state = self.config, self.state
+        budget = cfg.time_budget_s
+        try:
+            with progress_bar(self.progress and self.dist.is_main) as bar:
+                task = bar.add_task(f"{cfg.variant} fold {cfg.fold}", total=state.total_steps)
+                bar.update(task, completed=state.step)
+                while state.epoch * cfg.iters_per_epoch < state.total_steps:
+                    record = self._epoch(bar, task)
+                    self._after_epoch(record)
+                    if budget is not None and state.epoch == 1 and state.epoch_s:
+                        fit = max(1, int(budget // state.epoch_s))
+                        state.total_steps = self.dist.share(min(state.total_steps, fit * cfg.iters_per_epoch),
+                                                            self.device)
+                        bar.update(task, total=state.total_steps)
+                    out_of_time = budget is not None and state.elapsed_s + (state.epoch_s or 0) > budget * 1.02
+                    if self.dist.agree(out_of_time and state.epoch * cfg.iters_per_epoch < state.total_steps,
+                                       self.device):
+                        logger.info("time budget reached after epoch %d", state.epoch)
+                        break
+        except KeyboardInterrupt:
+            self._save(self.files.latest)
+            logger.warning("interrupted: state saved to %s (resume with --resume; epoch %d restarts)",
+                           self.files.latest, state.epoch)
+            raise
+        self._save(self.files.final)
+        return state
+
+    def _epoch(self, bar: object, task: int) -> EpochRecord:
+        cfg, state = self.config, self.state
+        start = time.perf_counter()
+        losses = []
+        steps = min(cfg.iters_per_epoch, state.total_steps - state.epoch * cfg.iters_per_epoch)
+        for i, batch in enumerate(self.train_batches(state.epoch)):
+            if i >= steps:
+                break
+            losses.append(self._step(batch, state.epoch, i))
+            bar.advance(task)
+        train_s = time.perf_counter() - start
+        val, val_box = self.validate()
+        epoch_s = time.perf_counter() - start
+        if val is not None:
+            state.ema_dice = val if state.ema_dice is None else (1 - cfg.ema_weight) * state.ema_dice + cfg.ema_weight * val
+        state.epoch_s, state.elapsed_s = epoch_s, state.elapsed_s + epoch_s
+        state.epoch += 1
+        samples = steps * cfg.batch_size * self.dist.world_size
+        return EpochRecord(state.epoch - 1, float(np.mean(losses)) if losses else float("nan"), val, val_box,
+                           state.ema_dice, self.optimizer.param_groups[0]["lr"], epoch_s, samples / max(train_s, 1e-9))
+
+    def _after_epoch(self, record: EpochRecord) -> None:
+        state = self.state
+        improved = state.ema_dice is not None and (state.best_ema_dice is None or state.ema_dice > state.best_ema_dice)
+        if improved:
+            state.best_ema_dice, state.best_epoch = state.ema_dice, record.epoch
+        if not self.dist.is_main:
+            return
+        line = json.dumps({k: v for k, v in record.__dict__.items() if k != "extra"}) + "\n"
+        old = self.files.log.read_bytes() if self.files.log.exists() else b""
+        atomic_write(self.files.log, lambda fh: fh.write(old + line.encode()))
+        self._save(self.files.latest)
+        if improved or state.best_ema_dice is None:
+            self._save(self.files.best)
+        from segvolpipe.training.plots import plot_progress
+
+        plot_progress(self.files.log, self.files.progress)
+        logger.info("epoch %d: loss %.4f, val Dice %s (box+text %s), EMA %s, lr %.2e, %.1f s",
+                    record.epoch, record.train_loss, _fmt(record.val_dice), _fmt(record.val_dice_box),
+                    _fmt(record.ema_dice), record.lr, record.epoch_s)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _to_device(prompts, device: torch.device):
+    from dataclasses import fields, replace
+
+    moved = {f.name: getattr(prompts, f.name) for f in fields(prompts)}
+    return replace(prompts, **{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in moved.items()})
+
+
+def _class_dice(pred: Tensor, label: Tensor, num_classes: int) -> list[float]:
+    """Dice of every class present in the reference or the prediction, per sample."""
+    scores = []
+    for b in range(pred.shape[0]):
+        for c in range(1, num_classes):
+            p, t = pred[b] == c, label[b] == c
+            denom = int(p.sum() + t.sum())
+            if denom:
+                scores.append(2.0 * float((p & t).sum()) / denom)
+    return scores
