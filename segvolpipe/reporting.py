@@ -10,10 +10,10 @@ from segvolpipe.log import console
 
 if TYPE_CHECKING:
     from segvolpipe.models.summary import ModelsResult
-    from segvolpipe.training.stage import TrainResult
     from segvolpipe.planning.plans import Plans
     from segvolpipe.preprocessing.stage import PlanPreprocessResult
     from segvolpipe.pseudomask.stage import PseudomaskResult
+    from segvolpipe.training.stage import TrainResult
 
 
 def _x(values: tuple) -> str:

@@ -2,7 +2,7 @@
 
 Coordinates are voxel indices (z, y, x) of the model input; the random Fourier features map them to the
 embedding width. Each prompt becomes a set of sparse tokens: its points (label 1 positive, 0 negative,
-−1 padding), its box as two corner tokens, and its semantic (text) embedding as one more token. 
+−1 padding), its box as two corner tokens, and its semantic (text) embedding as one more token.
 
 Every call uses one fixed token layout — ``point_tokens`` point tokens (padding −1 where a prompt has fewer),
 two box-corner tokens, one text token; absent parts are SAM's "not a point" embedding — so a model sees
