@@ -12,7 +12,8 @@ def read_log(path: Path) -> list[dict]:
     """The records of ``training_log.jsonl`` (one JSON object per epoch)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "epoch" in r]
 
 
 def plot_progress(log: Path, out: Path) -> None:

@@ -25,6 +25,7 @@ from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
 from segvolpipe.training.trainer import Distributed, FoldFiles
 
 ADAPTED = ("so3", "prior")  # variants that start from a trained segvol model
+BUDGET_EPOCH_CAP = 10_000
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,11 @@ def _load_init(model: torch.nn.Module, spec: ModelSpec, path: Path, kind: str) -
 
 def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) -> TrainConfig:
     spec = spec_from_plans(plans, options.configuration, check_variant(options.variant))
+    epochs = options.epochs
+    if epochs is None and options.time_budget_s is not None:
+        epochs = BUDGET_EPOCH_CAP  # the budget decides: the schedule is fitted after the first epoch
     return config_from_plans(
-        plans, spec, fold, epochs=options.epochs, iters_per_epoch=options.iters_per_epoch,
+        plans, spec, fold, epochs=epochs, iters_per_epoch=options.iters_per_epoch,
         batch_size=options.batch_size, lr=options.lr, time_budget_s=options.time_budget_s, seed=options.seed,
         device=device, workers=options.workers, init=options.init, pretrained=options.pretrained, gpus=options.gpus,
         sampling_rotation_aug=options.rotation_aug, sampling_pseudo_masks=options.pseudo_masks,

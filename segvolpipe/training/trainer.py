@@ -211,8 +211,23 @@ class Trainer:
             logger.warning("interrupted: state saved to %s (resume with --resume; epoch %d restarts)",
                            self.files.latest, state.epoch)
             raise
+        if self.dist.world_size > 1:
+            self.check_ranks_in_sync()
         self._save(self.files.final)
         return state
+
+    def check_ranks_in_sync(self) -> None:
+        """Every rank must hold bit-identical weights after DDP training; logged, and an error if not."""
+        sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).to(self.device)
+        gathered = [torch.zeros_like(sums) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(gathered, sums)
+        same = all(torch.equal(gathered[0], g) for g in gathered[1:])
+        if self.dist.is_main:
+            line = json.dumps({"ranks": self.dist.world_size, "ranks_identical": same}) + "\n"
+            old = self.files.log.read_bytes() if self.files.log.exists() else b""
+            atomic_write(self.files.log, lambda fh: fh.write(old + line.encode()))
+        if not same:
+            raise RuntimeError("DDP ranks ended with different weights")
 
     def _epoch(self, bar: object, task: int) -> EpochRecord:
         cfg, state = self.config, self.state

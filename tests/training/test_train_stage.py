@@ -1,0 +1,135 @@
+"""``segvol train``: the output contract, exact resume, idempotence, variant initialisation, DDP, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from segvolpipe.cli import app
+from tests.conftest import make_blob_dataset
+
+runner = CliRunner()
+TINY = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "1", "--np", "0", "--no-progress"]
+
+
+@pytest.fixture()
+def dataset(roots: dict[str, Path]) -> str:
+    """A tiny preprocessed CT dataset (8 cases, two classes) with a small 3d_lite model forced by the plans."""
+    from segvolpipe.planning.plans import load_plans, save_plans
+    from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
+    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
+
+    make_blob_dataset(roots["raw"], 11, n=8, shape=(16, 32, 28))
+    result = run_plan_preprocess("11", PlanPreprocessOptions(workers=1, progress=False))
+    path = result.folder / "plans.json"
+    plans = load_plans(path)
+    from dataclasses import replace
+
+    conf = plans.configurations["3d_lite"]
+    small = replace(conf, vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET,
+                    trainer=replace(conf.trainer, batch_size=1, max_prompts_per_sample=2))
+    save_plans(path, replace(plans, configurations={**plans.configurations, "3d_lite": small},
+                             default_configuration="3d_lite"))
+    return "11"
+
+
+def _fold(roots, variant="segvol", fold="0") -> Path:
+    return roots["results"] / "Dataset011_Blobs" / f"{variant}__3d_lite" / f"fold_{fold}"
+
+
+def test_train_writes_the_fold_contract_and_skips_a_finished_fold(roots, dataset):
+    result = runner.invoke(app, ["train", "-d", dataset, *TINY])
+    assert result.exit_code == 0, result.output
+    fold = _fold(roots)
+    for name in ("config.json", "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt",
+                 "training_log.jsonl", "progress.png", "validation/summary.json"):
+        assert (fold / name).exists(), name
+    assert (fold.parent / "plans.json").exists() and (fold.parent / "dataset.json").exists()
+    log = [json.loads(x) for x in (fold / "training_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and all(r["val_dice"] is not None for r in log)
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary) >= {"text", "box+text"} and "foreground_mean" in summary["text"]
+    cases = json.loads((roots["preprocessed"] / "Dataset011_Blobs" / "splits.json").read_text())["folds"][0]["val"]
+    assert sorted(p.name for p in (fold / "validation").glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in cases)
+    payload = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    assert payload["state"]["epoch"] == 2 and payload["state"]["step"] == 4
+
+    again = runner.invoke(app, ["train", "-d", dataset, *TINY])
+    assert again.exit_code == 0 and "skipped" in again.output
+    other = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "3", *TINY[2:]])
+    assert other.exit_code == 2 and "--resume continues it, --overwrite starts again" in other.output
+
+
+def test_an_interrupted_run_resumed_equals_the_uninterrupted_run(roots, dataset, monkeypatch):
+    from segvolpipe.training import trainer as trainer_module
+
+    assert runner.invoke(app, ["train", "-d", dataset, *TINY, "--fold", "1"]).exit_code == 0
+    reference = torch.load(_fold(roots, fold="1") / "checkpoint_final.pt", weights_only=True)["model"]
+
+    original = trainer_module.Trainer._after_epoch
+
+    def interrupt_after_first_epoch(self, record):
+        original(self, record)
+        if record.epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_after_epoch", interrupt_after_first_epoch)
+    stopped = runner.invoke(app, ["train", "-d", dataset, *TINY, "--fold", "2"])
+    assert stopped.exit_code != 0 and not (_fold(roots, fold="2") / "checkpoint_final.pt").exists()
+    monkeypatch.setattr(trainer_module.Trainer, "_after_epoch", original)
+    # fold 2 trains on other cases than fold 1: compare against an uninterrupted fold 2 instead
+    resumed = runner.invoke(app, ["train", "-d", dataset, *TINY, "--fold", "2", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    resumed_weights = torch.load(_fold(roots, fold="2") / "checkpoint_final.pt", weights_only=True)["model"]
+    straight = runner.invoke(app, ["train", "-d", dataset, *TINY, "--fold", "2", "--overwrite"])
+    assert straight.exit_code == 0
+    straight_weights = torch.load(_fold(roots, fold="2") / "checkpoint_final.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
+    assert not all(torch.equal(reference[k], straight_weights[k]) for k in straight_weights)
+
+
+def test_adapted_variants_need_a_trained_segvol_first(roots, dataset):
+    result = runner.invoke(app, ["train", "-d", dataset, "--variant", "so3", *TINY])
+    assert result.exit_code == 2
+    assert "run 'segvol train -d Dataset011_Blobs -c 3d_lite --fold 0 --variant segvol' first" in result.output
+    assert runner.invoke(app, ["train", "-d", dataset, *TINY]).exit_code == 0
+    so3 = runner.invoke(app, ["train", "-d", dataset, "--variant", "so3", *TINY])
+    assert so3.exit_code == 0, so3.output
+    base = torch.load(_fold(roots) / "checkpoint_final.pt", weights_only=True)["model"]
+    tuned = torch.load(_fold(roots, "so3") / "checkpoint_final.pt", weights_only=True)["model"]
+    frozen = [k for k in base if "attn.out_proj" not in k]
+    assert all(torch.equal(base[k], tuned[k]) for k in frozen)  # the base stayed frozen
+    assert any(k.startswith("image_encoder.token_adapter.") for k in tuned)
+
+
+def test_unet_trains(roots, dataset):
+    result = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", *TINY])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((_fold(roots, "unet") / "validation" / "summary.json").read_text())
+    assert "unet" in summary
+
+
+def test_checkpoint_errors_are_one_line(roots, dataset):
+    assert runner.invoke(app, ["train", "-d", dataset, *TINY]).exit_code == 0
+    fold = _fold(roots)
+    (fold / "checkpoint_latest.pt").write_bytes(b"PK\x03\x04 truncated")
+    result = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "3", *TINY[2:], "--resume"])
+    assert result.exit_code == 2 and "corrupted or unreadable checkpoint" in result.output
+    result = runner.invoke(app, ["train", "-d", dataset, "--variant", "so3", "--init",
+                                 str(roots["raw"] / "nothing"), *TINY])
+    assert result.exit_code == 2 and "--init found no checkpoint_final.pt" in result.output
+    assert runner.invoke(app, ["train", "-d", dataset, "--time-budget", "ten", *TINY]).exit_code == 2
+    assert runner.invoke(app, ["train", "-d", dataset, "--fold", "7", *TINY]).exit_code == 2
+
+
+def test_two_cpu_processes_keep_identical_weights(roots, dataset):
+    result = runner.invoke(app, ["train", "-d", dataset, "--gpus", "2", "--device", "cpu", *TINY])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (_fold(roots) / "training_log.jsonl").read_text().splitlines()]
+    assert {"ranks": 2, "ranks_identical": True} in lines
+    payload = torch.load(_fold(roots) / "checkpoint_final.pt", weights_only=True)
+    assert payload["state"]["step"] == 4  # every rank took the same 2 × 2 steps
