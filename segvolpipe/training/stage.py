@@ -84,6 +84,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def launcher_rank() -> int:
+    """This process's rank when torchrun started it (0 otherwise): only rank 0 touches the results folder."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def results_folder(dataset: str, variant: str, configuration: str) -> Path:
     return results_root() / dataset / f"{variant}__{configuration}"
 
@@ -166,7 +173,8 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
             raise UserError(f"unknown fold {fold!r} (0–4 or all)")
     first = build_config(plans, options, options.folds[0], device)
     out = results_folder(name, first.variant, first.configuration)
-    _copy_metadata(pre, out)
+    if launcher_rank() == 0:
+        _copy_metadata(pre, out)
     results = []
     for fold in options.folds:
         config = build_config(plans, options, fold, device)
@@ -177,6 +185,10 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
 def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path) -> FoldResult:
     """One fold, in this process or, with ``gpus > 1``, in ``gpus`` processes (torch.distributed)."""
     files = FoldFiles(folder)
+    if launcher_rank() != 0:  # torchrun's other ranks: rank 0 prepares the folder, they only train
+        from segvolpipe.training.distributed import launch
+
+        return launch(config, options, pre, folder)
     if files.final.exists() and files.config.exists() and not options.overwrite and not options.resume:
         stored = TrainConfig.from_json(_read(files.config))
         if not stored.resumable_from(config) and stored.epochs == config.epochs:
