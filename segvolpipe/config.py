@@ -25,6 +25,14 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+STAMP_KEYS = ("provenance", "schema_version")
+
+
+def from_stamped_json(cls: type[T], data: dict[str, Any]) -> T:
+    """Like :func:`from_jsonable` for a JSON file's object: the stamp :func:`write_json` adds is not a field."""
+    return from_jsonable(cls, {k: v for k, v in data.items() if k not in STAMP_KEYS})
+
+
 def from_jsonable(cls: type[T], data: Any) -> T:
     """Build ``cls`` (a dataclass or a typing type) from JSON data, checking keys and converting tuples."""
     return _convert(cls, data, cls.__name__ if isinstance(cls, type) else str(cls))

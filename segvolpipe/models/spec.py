@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from segvolpipe.config import from_jsonable, to_jsonable
+from segvolpipe.config import from_stamped_json, to_jsonable
 from segvolpipe.planning.plans import DecoderPlan, Plans, UNetPlan, ViTPlan
 
 CT = "ct"
@@ -152,8 +152,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelSpec:
-        data = {k: v for k, v in data.items() if k not in ("provenance", "schema_version")}
-        return from_jsonable(cls, data)
+        return from_stamped_json(cls, data)
 
 
 def spec_from_plans(plans: Plans, configuration: str | None, variant: str = "segvol", **options: Any) -> ModelSpec:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from segvolpipe.config import from_jsonable, to_jsonable
+from segvolpipe.config import from_stamped_json, to_jsonable
 from segvolpipe.models.spec import ModelSpec
 from segvolpipe.planning.plans import Plans
 from segvolpipe.training.data import SamplingOptions
@@ -91,8 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        data = {k: v for k, v in data.items() if k not in ("provenance", "schema_version")}
-        return from_jsonable(cls, data)
+        return from_stamped_json(cls, data)
 
     def resumable_from(self, other: TrainConfig) -> list[str]:
         """Fields that differ from a stored run in ways that forbid ``--resume`` (epochs, the time budget,
