@@ -238,10 +238,10 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     torch.manual_seed(config.seed)
     spec = config.model
     model = build_model(spec)
-    if hasattr(model, "unused_parameter_names"):
-        for n, p in model.named_parameters():
-            if n in set(model.unused_parameter_names()):
-                p.requires_grad_(False)
+    unused = set(model.unused_parameter_names()) if hasattr(model, "unused_parameter_names") else set()
+    for n, p in model.named_parameters():
+        if n in unused:
+            p.requires_grad_(False)
     init_path, kind = _init_source(config, options)
     if init_path is not None and not options.resume:
         _load_init(model, spec, init_path, kind)
