@@ -196,9 +196,11 @@ class Trainer:
                 while state.epoch * cfg.iters_per_epoch < state.total_steps:
                     record = self._epoch(bar, task)
                     self._after_epoch(record)
-                    if budget is not None and state.epoch == 1 and state.epoch_s:
-                        fit = max(1, int(budget // state.epoch_s))
-                        state.total_steps = self.dist.share(min(state.total_steps, fit * cfg.iters_per_epoch),
+                    if budget is not None and state.epoch in (1, 2) and state.epoch_s:
+                        # the first epoch pays for start-up (workers, caches): fit again after the second
+                        fit = state.epoch + max(0, int((budget - state.elapsed_s) // state.epoch_s))
+                        cap = cfg.epochs * cfg.iters_per_epoch
+                        state.total_steps = self.dist.share(min(cap, max(fit, state.epoch) * cfg.iters_per_epoch),
                                                             self.device)
                         bar.update(task, total=state.total_steps)
                     out_of_time = budget is not None and state.elapsed_s + (state.epoch_s or 0) > budget * 1.02

@@ -133,3 +133,12 @@ def test_two_cpu_processes_keep_identical_weights(roots, dataset):
     assert {"ranks": 2, "ranks_identical": True} in lines
     payload = torch.load(_fold(roots) / "checkpoint_final.pt", weights_only=True)
     assert payload["state"]["step"] == 4  # every rank took the same 2 × 2 steps
+
+
+def test_time_budget_fits_the_schedule_to_the_time(roots, dataset):
+    result = runner.invoke(app, ["train", "-d", dataset, "--time-budget", "0.01", *TINY[:1], "5", *TINY[2:]])
+    assert result.exit_code == 0, result.output
+    state = torch.load(_fold(roots) / "checkpoint_final.pt", weights_only=True)["state"]
+    assert state["epoch"] == 1 and state["total_steps"] == 2  # one 2-step epoch fits, not five
+    config = json.loads((_fold(roots) / "config.json").read_text())
+    assert config["time_budget_s"] == 0.01 and config["epochs"] == 5
