@@ -207,9 +207,9 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
             raise UserError(f"--resume with other settings than the stored run ({', '.join(changed)})", files.config)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(files.config, config.to_json())
-    if config.gpus > 1:
-        from segvolpipe.training.distributed import launch
+    from segvolpipe.training.distributed import launch, under_torchrun
 
+    if config.gpus > 1 or under_torchrun():
         return launch(config, options, pre, folder)
     return run_fold_process(config, options, pre, folder, Distributed())
 

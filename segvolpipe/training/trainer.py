@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +85,6 @@ class EpochRecord:
     lr: float
     epoch_s: float
     samples_per_s: float
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -225,9 +224,7 @@ class Trainer:
         torch.distributed.all_gather(gathered, sums)
         same = all(torch.equal(gathered[0], g) for g in gathered[1:])
         if self.dist.is_main:
-            line = json.dumps({"ranks": self.dist.world_size, "ranks_identical": same}) + "\n"
-            old = self.files.log.read_bytes() if self.files.log.exists() else b""
-            atomic_write(self.files.log, lambda fh: fh.write(old + line.encode()))
+            self._log({"ranks": self.dist.world_size, "ranks_identical": same})
         if not same:
             raise RuntimeError("DDP ranks ended with different weights")
 
@@ -252,6 +249,11 @@ class Trainer:
         return EpochRecord(state.epoch - 1, float(np.mean(losses)) if losses else float("nan"), val, val_box,
                            state.ema_dice, self.optimizer.param_groups[0]["lr"], epoch_s, samples / max(train_s, 1e-9))
 
+    def _log(self, entry: dict) -> None:
+        """Append one JSON line to ``training_log.jsonl`` (the file is rewritten atomically: never half a line)."""
+        old = self.files.log.read_bytes() if self.files.log.exists() else b""
+        atomic_write(self.files.log, lambda fh: fh.write(old + (json.dumps(entry) + "\n").encode()))
+
     def _after_epoch(self, record: EpochRecord) -> None:
         state = self.state
         improved = state.ema_dice is not None and (state.best_ema_dice is None or state.ema_dice > state.best_ema_dice)
@@ -259,9 +261,7 @@ class Trainer:
             state.best_ema_dice, state.best_epoch = state.ema_dice, record.epoch
         if not self.dist.is_main:
             return
-        line = json.dumps({k: v for k, v in record.__dict__.items() if k != "extra"}) + "\n"
-        old = self.files.log.read_bytes() if self.files.log.exists() else b""
-        atomic_write(self.files.log, lambda fh: fh.write(old + line.encode()))
+        self._log(asdict(record))
         self._save(self.files.latest)
         if improved or state.best_ema_dice is None:
             self._save(self.files.best)
