@@ -16,7 +16,7 @@ from segvolpipe.errors import UserError
 from segvolpipe.io.atomic import atomic_path, write_json
 from segvolpipe.log import logger
 from segvolpipe.models.registry import build_model, check_variant
-from segvolpipe.models.spec import ModelSpec, spec_from_plans
+from segvolpipe.models.spec import CT, ModelSpec, spec_from_plans
 from segvolpipe.paths import preprocessed_root, raw_root, resolve_dataset, results_root
 from segvolpipe.planning.plans import Plans, load_plans
 from segvolpipe.planning.splits import load_splits
@@ -172,6 +172,9 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
         if fold not in FOLDS:
             raise UserError(f"unknown fold {fold!r} (0–4 or all)")
     first = build_config(plans, options, options.folds[0], device)
+    if first.variant == "prior" and first.model.modality == CT:
+        raise UserError(f"{name} is CT: the prior variant's gate sends CT through the identity expert, so it would "
+                        "train nothing; train it on an MRI dataset with --init <a CT model> (segvol or so3 here)")
     out = results_folder(name, first.variant, first.configuration)
     if launcher_rank() == 0:
         _copy_metadata(pre, out)

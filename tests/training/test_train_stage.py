@@ -124,6 +124,8 @@ def test_checkpoint_errors_are_one_line(roots, dataset):
     assert result.exit_code == 2 and "--init found no checkpoint_final.pt" in result.output
     assert runner.invoke(app, ["train", "-d", dataset, "--time-budget", "ten", *TINY]).exit_code == 2
     assert runner.invoke(app, ["train", "-d", dataset, "--fold", "7", *TINY]).exit_code == 2
+    prior = runner.invoke(app, ["train", "-d", dataset, "--variant", "prior", *TINY])
+    assert prior.exit_code == 2 and "train it on an MRI dataset" in prior.output
 
 
 def test_two_cpu_processes_keep_identical_weights(roots, dataset):
