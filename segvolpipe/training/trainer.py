@@ -85,6 +85,7 @@ class EpochRecord:
     lr: float
     epoch_s: float
     samples_per_s: float
+    peak_mib: float
 
 
 class Trainer:
@@ -247,7 +248,8 @@ class Trainer:
         state.epoch += 1
         samples = steps * cfg.batch_size * self.dist.world_size
         return EpochRecord(state.epoch - 1, float(np.mean(losses)) if losses else float("nan"), val, val_box,
-                           state.ema_dice, self.optimizer.param_groups[0]["lr"], epoch_s, samples / max(train_s, 1e-9))
+                           state.ema_dice, self.optimizer.param_groups[0]["lr"], epoch_s, samples / max(train_s, 1e-9),
+                           _peak_mib(self.device))
 
     def _log(self, entry: dict) -> None:
         """Append one JSON line to ``training_log.jsonl`` (the file is rewritten atomically: never half a line)."""
@@ -271,6 +273,15 @@ class Trainer:
         logger.info("epoch %d: loss %.4f, val Dice %s (box+text %s), EMA %s, lr %.2e, %.1f s",
                     record.epoch, record.train_loss, _fmt(record.val_dice), _fmt(record.val_dice_box),
                     _fmt(record.ema_dice), record.lr, record.epoch_s)
+
+
+def _peak_mib(device: torch.device) -> float:
+    """Peak memory so far: CUDA memory allocated on a GPU, the process's peak RSS on CPU (workers excluded)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fmt(value: float | None) -> str:

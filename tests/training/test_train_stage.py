@@ -51,6 +51,7 @@ def test_train_writes_the_fold_contract_and_skips_a_finished_fold(roots, dataset
     assert (fold.parent / "plans.json").exists() and (fold.parent / "dataset.json").exists()
     log = [json.loads(x) for x in (fold / "training_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and all(r["val_dice"] is not None for r in log)
+    assert all(r["samples_per_s"] > 0 and r["peak_mib"] > 0 for r in log)
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary) >= {"text", "box+text"} and "foreground_mean" in summary["text"]
     cases = json.loads((roots["preprocessed"] / "Dataset011_Blobs" / "splits.json").read_text())["folds"][0]["val"]
