@@ -115,6 +115,8 @@ class Trainer:
         if payload["optimizer"] is not None:
             self.optimizer.load_state_dict(payload["optimizer"])
         self.state = payload["state"]
+        if self.config.time_budget_s is None:  # --epochs may have changed on resume: the schedule follows
+            self.state.total_steps = self.config.epochs * self.config.iters_per_epoch
         set_rng_state(payload["rng"])
 
     def _save(self, path: Path) -> None:

@@ -117,8 +117,11 @@ def test_unet_trains(roots, dataset):
 def test_checkpoint_errors_are_one_line(roots, dataset):
     assert runner.invoke(app, ["train", "-d", dataset, *TINY]).exit_code == 0
     fold = _fold(roots)
+    longer = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "3", *TINY[2:], "--resume"])
+    assert longer.exit_code == 0, longer.output  # a finished run continued for one more epoch
+    assert torch.load(fold / "checkpoint_final.pt", weights_only=True)["state"]["step"] == 6
     (fold / "checkpoint_latest.pt").write_bytes(b"PK\x03\x04 truncated")
-    result = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "3", *TINY[2:], "--resume"])
+    result = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "4", *TINY[2:], "--resume"])
     assert result.exit_code == 2 and "corrupted or unreadable checkpoint" in result.output
     result = runner.invoke(app, ["train", "-d", dataset, "--variant", "so3", "--init",
                                  str(roots["raw"] / "nothing"), *TINY])
