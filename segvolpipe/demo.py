@@ -26,11 +26,20 @@ class DemoResult:
     seconds: dict[str, float]
 
 
+def _demo_dataset(phantom: object, options: DemoOptions) -> object:
+    """The demo's phantom dataset: kept when up to date, regenerated when an earlier demo made it with other
+    options (``--quick`` after a full demo); a folder that is not a phantom dataset is never touched."""
+    from segvolpipe.phantoms import made_with_other_options, make_phantom_dataset
+
+    return make_phantom_dataset(DEMO_DATASET, phantom, overwrite=made_with_other_options(DEMO_DATASET, phantom),
+                                workers=options.workers, progress=options.progress)
+
+
 def run_demo(options: DemoOptions) -> DemoResult:
     """Generate the phantom dataset, plan and preprocess it; print what was done and where."""
     from rich.table import Table
 
-    from segvolpipe.phantoms import PhantomOptions, make_phantom_dataset
+    from segvolpipe.phantoms import PhantomOptions
     from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
     from segvolpipe.pseudomask.stage import PseudomaskOptions, run_pseudomask
     from segvolpipe.reporting import plans_table, print_pseudomask
@@ -38,7 +47,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
     seconds: dict[str, float] = {}
     phantom = PhantomOptions(n_train=6, n_test=2, size=(32, 64, 64)) if options.quick else PhantomOptions(n_train=16, n_test=4)
     t0 = time.perf_counter()
-    made = make_phantom_dataset(DEMO_DATASET, phantom, workers=options.workers, progress=options.progress)
+    made = _demo_dataset(phantom, options)
     seconds["make-phantoms"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     pp = run_plan_preprocess(made.dataset, PlanPreprocessOptions(workers=options.workers, progress=options.progress))

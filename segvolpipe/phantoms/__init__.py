@@ -12,7 +12,8 @@ Example:
 """
 
 from segvolpipe.phantoms.case import make_phantom_case
-from segvolpipe.phantoms.dataset import make_phantom_dataset
+from segvolpipe.phantoms.dataset import made_with_other_options, make_phantom_dataset
 from segvolpipe.phantoms.options import ORGANS, PhantomOptions, PhantomResult
 
-__all__ = ["ORGANS", "PhantomOptions", "PhantomResult", "make_phantom_case", "make_phantom_dataset"]
+__all__ = ["ORGANS", "PhantomOptions", "PhantomResult", "made_with_other_options", "make_phantom_case",
+           "make_phantom_dataset"]

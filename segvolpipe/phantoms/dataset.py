@@ -89,6 +89,14 @@ def _looks_partial(folder: Path, options: PhantomOptions) -> bool:
     return True
 
 
+def made_with_other_options(dataset_id: int, options: PhantomOptions, raw_root: Path | None = None) -> bool:
+    """True when ``dataset_id`` is a phantom dataset generated with options other than ``options``."""
+    root = raw_root or paths.raw_root()
+    folder = root / paths.dataset_folder_name(dataset_id, options.dataset_name)
+    recorded = _recorded_hash(folder)
+    return recorded is not None and recorded != options.options_hash()
+
+
 def _prepare_folder(root: Path, folder: Path, dataset_id: int, options: PhantomOptions, overwrite: bool) -> None:
     """Refuse what is in the way, or clear it when it is a phantom dataset and ``overwrite`` is set.
 

@@ -287,3 +287,20 @@ def test_labels_subset_relabels_consecutively(tmp_path: Path) -> None:
     assert _read_dataset_json(result.folder)["labels"] == {"background": 0, "spleen": 1, "liver": 2}
     label, _ = read_label(result.folder / "labelsTr" / "phantomct_000.nii.gz")
     assert set(np.unique(label)) <= {0, 1, 2}
+
+
+def test_made_with_other_options_tells_the_demo_when_to_regenerate(tmp_path: Path) -> None:
+    from segvolpipe.phantoms import made_with_other_options
+
+    small = PhantomOptions(n_train=1, n_test=0, size=(16, 32, 32))
+    other = PhantomOptions(n_train=1, n_test=0, size=(16, 32, 32), seed=5)
+    assert not made_with_other_options(902, small, tmp_path)  # nothing there yet
+    make_phantom_dataset(902, small, raw_root=tmp_path)
+    assert not made_with_other_options(902, small, tmp_path)
+    assert made_with_other_options(902, other, tmp_path)
+    make_phantom_dataset(902, other, raw_root=tmp_path, overwrite=True)
+    assert not made_with_other_options(902, other, tmp_path)
+    user = tmp_path / "Dataset903_PhantomCT"
+    user.mkdir()
+    (user / "dataset.json").write_text(json.dumps({"name": "mine"}))
+    assert not made_with_other_options(903, small, tmp_path)  # not a phantom: never overwritten
