@@ -7,16 +7,10 @@ before the transformer blocks (the ``so3`` branch).
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from monai.networks.nets import ViT
 from torch import Tensor, nn
 
 from segvolpipe.planning.plans import ViTPlan
-
-
-class TokenAdapter(Protocol):
-    def __call__(self, image: Tensor, tokens: Tensor) -> Tensor: ...
 
 
 class ImageEncoder(ViT):

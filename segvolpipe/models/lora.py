@@ -106,9 +106,3 @@ def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
 
-
-def lora_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
-    for m in model.modules():
-        if isinstance(m, LoRALinear):
-            yield m.lora_A
-            yield m.lora_B

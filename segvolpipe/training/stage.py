@@ -6,14 +6,16 @@ fingerprint.json, so inference needs only that folder) and ``fold_{k}/`` inside 
 
 from __future__ import annotations
 
+import os
 import shutil
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from segvolpipe.errors import UserError
-from segvolpipe.io.atomic import atomic_path, write_json
+from segvolpipe.io.atomic import atomic_path, read_json, write_json
 from segvolpipe.log import logger
 from segvolpipe.models.registry import build_model, check_variant
 from segvolpipe.models.spec import CT, ModelSpec, spec_from_plans
@@ -86,8 +88,6 @@ def resolve_device(name: str) -> str:
 
 def launcher_rank() -> int:
     """This process's rank when torchrun started it (0 otherwise): only rank 0 touches the results folder."""
-    import os
-
     return int(os.environ.get("RANK", "0"))
 
 
@@ -193,7 +193,7 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
 
         return launch(config, options, pre, folder)
     if files.final.exists() and files.config.exists() and not options.overwrite and not options.resume:
-        stored = TrainConfig.from_json(_read(files.config))
+        stored = TrainConfig.from_json(read_json(files.config))
         if not stored.resumable_from(config) and stored.epochs == config.epochs:
             logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold, folder)
             return FoldResult(config.fold, folder, "skipped")
@@ -204,7 +204,7 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
     if options.resume and not files.latest.exists():
         raise UserError("nothing to resume (no checkpoint_latest.pt)", folder)
     if options.resume:
-        stored = TrainConfig.from_json(_read(files.config))
+        stored = TrainConfig.from_json(read_json(files.config))
         changed = config.resumable_from(stored)
         if changed:
             raise UserError(f"--resume with other settings than the stored run ({', '.join(changed)})", files.config)
@@ -217,17 +217,9 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
     return run_fold_process(config, options, pre, folder, Distributed())
 
 
-def _read(path: Path) -> dict:
-    from segvolpipe.io.atomic import read_json
-
-    return read_json(path)
-
-
 def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path,
                      dist: Distributed) -> FoldResult:
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
-    import time
-
     from segvolpipe.training.data import CaseStore, TrainingLoader
     from segvolpipe.training.trainer import Trainer
     from segvolpipe.training.validation import validate_cases
@@ -257,8 +249,6 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
                             f"{plans_conf}' or train with --no-pseudo-masks", pseudo_folder)
         logger.info("no pseudo-masks in %s: training without them", pseudo_folder)
         use_pseudo = False
-    from dataclasses import replace
-
     config = replace(config, sampling=replace(config.sampling, pseudo_masks=use_pseudo))
     store = CaseStore(pre / plans_conf, train_cases + val_cases, pseudo_folder if use_pseudo else None)
     loader = TrainingLoader(store, train_cases, config.sampling, config.seed, config.workers)
