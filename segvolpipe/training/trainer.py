@@ -27,6 +27,7 @@ from segvolpipe.training.checkpoint import TrainState, save_checkpoint, set_rng_
 from segvolpipe.training.config import TrainConfig
 from segvolpipe.training.losses import prompt_dice, prompt_loss, unet_loss
 from segvolpipe.training.prompts import PromptOptions, sample_prompts
+from segvolpipe.training.validation import dice_per_class
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -171,7 +172,10 @@ class Trainer:
             if not self.promptable:
                 with self.autocast():
                     pred = self.model(image).float().argmax(1).cpu()
-                text_scores += _class_dice(pred, label, self.config.model.num_classes)
+                values = list(range(1, self.config.model.num_classes))
+                for b in range(pred.shape[0]):
+                    per_class = dice_per_class(pred[b].numpy(), label[b].numpy(), values)
+                    text_scores += [d for d in per_class.values() if not math.isnan(d)]
                 continue
             modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)
             for combo, scores in (("text", text_scores), ("box+text", box_scores)):
@@ -296,14 +300,3 @@ def _to_device(prompts, device: torch.device):
     moved = {f.name: getattr(prompts, f.name) for f in fields(prompts)}
     return replace(prompts, **{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in moved.items()})
 
-
-def _class_dice(pred: Tensor, label: Tensor, num_classes: int) -> list[float]:
-    """Dice of every class present in the reference or the prediction, per sample."""
-    scores = []
-    for b in range(pred.shape[0]):
-        for c in range(1, num_classes):
-            p, t = pred[b] == c, label[b] == c
-            denom = int(p.sum() + t.sum())
-            if denom:
-                scores.append(2.0 * float((p & t).sum()) / denom)
-    return scores
