@@ -275,6 +275,72 @@ def train(
     print_train(run_train(dataset, options))
 
 
+class Mode(str, Enum):
+    zoom = "zoom"
+    sliding = "sliding"
+
+
+class Checkpoint(str, Enum):
+    final = "final"
+    best = "best"
+    latest = "latest"
+
+
+class Coords(str, Enum):
+    voxel = "voxel"
+    world = "world"
+
+
+@app.command("predict")
+@handles_errors
+def predict(
+    input_: Annotated[Path, typer.Option("-i", "--input", help="Folder of images ({case}_0000.nii.gz, one file per channel) or one image file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: {case}.nii.gz label maps and predictions.json.")],
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose trained model to use (default: the only trained model).")] = None,
+    model: Annotated[Path | None, typer.Option("-m", "--model", help="A results folder results/DatasetXXX/{variant}__{configuration}.")] = None,
+    configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration of the model (with -d).")] = None,
+    variant: Annotated[Variant | None, typer.Option("--variant", help="Variant of the model (with -d).")] = None,
+    fold: Annotated[list[str] | None, typer.Option("-f", "--fold", help="Folds to ensemble (repeatable; default: every trained fold 0-4, else 'all').")] = None,
+    checkpoint: Annotated[Checkpoint, typer.Option("--checkpoint", help="Which checkpoint of each fold.")] = Checkpoint.final,
+    mode: Annotated[Mode | None, typer.Option("--mode", help="zoom: zoom-out-zoom-in; sliding: whole-volume sliding window (default: the plans', zoom for promptable variants, sliding for unet).")] = None,
+    classes: Annotated[str | None, typer.Option("--classes", help="Only these classes, comma-separated (default: every class of the dataset).")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="Segment one target named by text (e.g. 'left kidney').")] = None,
+    box: Annotated[str | None, typer.Option("--box", help="Box prompt: two opposite corners a0,b0,c0,a1,b1,c1 (see --coords).")] = None,
+    point: Annotated[list[str] | None, typer.Option("--point", help="Point prompt a,b,c or a,b,c,neg (repeatable; see --coords).")] = None,
+    coords: Annotated[Coords, typer.Option("--coords", help="voxel: indices i,j,k of the input file's own axes; world: x,y,z in RAS millimetres (the NIfTI affine).")] = Coords.voxel,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation (8 flips per window).")] = False,
+    step: Annotated[float | None, typer.Option("--step", help="Distance between windows as a fraction of the window (default: the plans', 0.5).")] = None,
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write {case}_probabilities.npz (float16, the input's grid).")] = False,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,
+    np_: Annotated[int, typer.Option("--np", help="Cases predicted in parallel processes (each loads the model).")] = 1,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo cases already predicted with these settings.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Segment raw NIfTI images with a trained model; label maps keep each input's shape, affine and orientation."""
+    from segvolpipe.inference.prompts import parse_box, parse_point
+    from segvolpipe.inference.stage import PredictOptions, run_predict
+    from segvolpipe.reporting import print_predict
+
+    if classes and (text or box or point):
+        from segvolpipe.errors import UserError
+
+        raise UserError("--classes segments several classes; --text/--box/--point one target: give one or the other")
+    options = PredictOptions(
+        dataset=dataset, model=str(model) if model else None, configuration=configuration,
+        variant=variant.value if variant else None, folds=tuple(fold) if fold else None, checkpoint=checkpoint.value,
+        mode=mode.value if mode else None,
+        classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None, text=text,
+        box=parse_box(box) if box else None, points=tuple(parse_point(p) for p in point or ()), coords=coords.value,
+        tta=tta, step=step, save_probabilities=save_probabilities, device=device.value, workers=np_,
+        overwrite=overwrite, progress=progress,
+    )
+    result = run_predict(input_, output, options)
+    print_predict(result)
+    if result.failed:
+        _fail([f"{case}: {error}" for case, error in result.failed.items()]
+              + [f"{len(result.failed)} case(s) failed; the others are written to {output}"])
+
+
 @app.command("demo")
 @handles_errors
 def demo(

@@ -9,6 +9,7 @@ from rich.table import Table
 from segvolpipe.log import console
 
 if TYPE_CHECKING:
+    from segvolpipe.inference.stage import PredictResult
     from segvolpipe.models.summary import ModelsResult
     from segvolpipe.planning.plans import Plans
     from segvolpipe.preprocessing.stage import PlanPreprocessResult
@@ -114,3 +115,21 @@ def print_train(result: TrainResult) -> None:
         table.add_row(f.fold, f.status, str(f.epochs), best, val or "–", f"{f.seconds / 60:.1f}")
     console.print(table)
     console.print(f"→ {result.folder}")
+
+
+def print_predict(result: PredictResult) -> None:
+    """Per case: status, the volume of each class found (ml) or the error, and seconds; then where the files are."""
+    s = result.settings
+    table = Table(title=f"{result.model.parent.name}: {s['variant']} ({s['configuration']}), folds "
+                        f"{', '.join(s['folds'])}, {s['mode']}{' + TTA' if s['tta'] else ''}, {s['device']}")
+    for name in ("case", "status", "volumes (ml) / error", "seconds"):
+        table.add_column(name, justify="right" if name == "seconds" else "left", overflow="fold")
+    for case, r in result.cases.items():
+        skipped = case in result.skipped
+        status = "skipped" if skipped else r.get("status", "?")
+        found = {c: v for c, v in (r.get("volumes_ml") or {}).items() if v > 0}
+        detail = r["error"] if r.get("error") else (", ".join(f"{c} {v:.1f}" for c, v in found.items()) or "nothing found")
+        seconds = r.get("seconds")
+        table.add_row(case, status, detail, "–" if seconds is None or skipped else f"{seconds:.1f}")
+    console.print(table)
+    console.print(f"→ {result.output} (predictions.json)")

@@ -1,118 +1,78 @@
-"""Gaussian-weighted sliding-window prediction over a whole (preprocessed) volume, MONAI's inferer underneath.
+"""Sliding-window prediction over a whole volume (the ``sliding`` mode, and the fine pass of ``zoom``).
 
-Promptable models get the same prompts in every window: the semantic prompt as it is, a box in the volume's
-voxel coordinates shifted into the window (and clipped to it); a prompt whose box misses a window predicts
-"absent" there. The U-Net predicts its classes directly.
+Promptable models run on :mod:`segvolpipe.inference.windows` (MONAI's lattice and Gaussian weights, prompts
+carried into every window, each window encoded once for all targets); the U-Net runs on MONAI's
+``sliding_window_inference`` directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
-from segvolpipe.models.prompt_encoder import Prompts
+from segvolpipe.inference.windows import (
+    ABSENT_LOGIT,
+    TargetPrompt,
+    lattice,
+    mirror_combinations,
+    pad_to,
+    run_windows,
+)
 
-ABSENT_LOGIT = -30.0
-
-
-@dataclass(frozen=True)
-class TargetPrompt:
-    """One target: a vocabulary index (−1: none) and/or a box (z0, y0, x0, z1, y1, x1) in volume voxels."""
-
-    text: int = -1
-    box: tuple[int, int, int, int, int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if self.text < 0 and self.box is None:
-            raise ValueError("a target needs a text or a box")
-
-
-def _pad_to(image: Tensor, size: Sequence[int]) -> tuple[Tensor, list[int]]:
-    """Pad ``[C, Z, Y, X]`` at the end of each axis to at least ``size``; returns the original shape."""
-    shape = list(image.shape[1:])
-    pad = [max(0, s - n) for s, n in zip(size, shape, strict=True)]
-    if any(pad):
-        image = F.pad(image, (0, pad[2], 0, pad[1], 0, pad[0]), value=float(image.min()))
-    return image, shape
-
-
-def _window_prompts(targets: Sequence[TargetPrompt], origin: Tensor, roi: Sequence[int], modality: int,
-                    device: torch.device) -> tuple[Prompts, Tensor]:
-    """Prompts of one window and a ``[P]`` mask of targets whose box misses the window."""
-    text = torch.tensor([[t.text for t in targets]], device=device)
-    has_box = any(t.box is not None for t in targets)
-    misses = torch.zeros(len(targets), dtype=torch.bool, device=device)
-    boxes = box_mask = None
-    if has_box:
-        hi = torch.tensor(roi, device=device) - 1
-        rows, mask = [], []
-        for i, t in enumerate(targets):
-            if t.box is None:
-                rows.append(torch.zeros(6, device=device))
-                mask.append(False)
-                continue
-            box = torch.tensor(t.box, dtype=torch.float32, device=device).reshape(2, 3) - origin
-            misses[i] = bool((box[1] < 0).any() or (box[0] > hi).any())
-            rows.append(torch.minimum(torch.maximum(box, torch.zeros_like(box)), hi.float()).reshape(6))
-            mask.append(True)
-        boxes = torch.stack(rows).unsqueeze(0)
-        box_mask = torch.tensor([mask], device=device)
-    modality_t = torch.tensor([modality], device=device)
-    return Prompts(text=text, boxes=boxes, box_mask=box_mask, modality=modality_t), misses
+__all__ = ["ABSENT_LOGIT", "TargetPrompt", "merge_targets", "predict_targets", "predict_unet"]
 
 
 @torch.no_grad()
 def predict_targets(model: nn.Module, image: Tensor, targets: Sequence[TargetPrompt], overlap: float = 0.5,
-                    device: torch.device | str = "cpu", modality: int = 0, bf16: bool = False) -> Tensor:
+                    device: torch.device | str = "cpu", modality: int = 0, bf16: bool = False,
+                    mirror_axes: Sequence[int] = (), sigma_scale: float = 0.125,
+                    on_window: Callable[[], None] | None = None) -> Tensor:
     """Logits ``[P, Z, Y, X]`` (float32, CPU) of a promptable model for ``P`` targets over a whole volume.
 
     Args:
         model: A promptable model (``model.input_size`` is the window).
         image: ``[C, Z, Y, X]`` on the model's preprocessed grid.
-        targets: One :class:`TargetPrompt` per output channel.
+        targets: One :class:`TargetPrompt` per output channel, in volume voxels.
         overlap: Window overlap (fraction of the window).
         device: Where the windows are computed.
         modality: 0 CT, 1 MRI (the ``prior`` variant's gate).
         bf16: Autocast to bfloat16 (CUDA).
+        mirror_axes: Mirroring test-time augmentation along these axes (0, 1, 2 = z, y, x).
     """
-    device = torch.device(device)
     roi = list(model.input_size)
-    padded, shape = _pad_to(image.float(), roi)
-
-    def predictor(window: Tensor, coords: list) -> Tensor:
-        outs = []
-        for b in range(window.shape[0]):
-            origin = torch.tensor([s.start for s in coords[b][2:]], dtype=torch.float32, device=device)
-            prompts, misses = _window_prompts(targets, origin, roi, modality, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(window[b : b + 1].to(device), prompts).float()
-            outs.append(logits.masked_fill(misses.reshape(1, -1, 1, 1, 1), ABSENT_LOGIT))
-        return torch.cat(outs)
-
-    logits = sliding_window_inference(padded.unsqueeze(0), roi, 1, predictor, overlap=overlap, mode="gaussian",
-                                      sw_device=device, device="cpu", with_coord=True)
-    return logits[0, :, : shape[0], : shape[1], : shape[2]]
+    padded, shape = pad_to(image.float(), roi)
+    origins = lattice(padded.shape[1:], roi, overlap)
+    everyone = list(range(len(targets)))
+    blended = run_windows(model, padded, targets, origins, [everyone] * len(origins), roi, device, modality, bf16,
+                          mirror_axes, sigma_scale, on_window)
+    out = torch.stack([blended[t][1] for t in everyone])
+    return out[:, : shape[0], : shape[1], : shape[2]]
 
 
 @torch.no_grad()
 def predict_unet(model: nn.Module, image: Tensor, overlap: float = 0.5, device: torch.device | str = "cpu",
-                 bf16: bool = False) -> Tensor:
-    """Class logits ``[K, Z, Y, X]`` (float32, CPU) of the U-Net over a whole volume."""
+                 bf16: bool = False, mirror_axes: Sequence[int] = (), sigma_scale: float = 0.125) -> Tensor:
+    """Class logits ``[K, Z, Y, X]`` (float32, CPU) of the U-Net over a whole volume (MONAI's inferer)."""
     device = torch.device(device)
     roi = list(model.input_size)
-    padded, shape = _pad_to(image.float(), roi)
+    padded, shape = pad_to(image.float(), roi)
+    flips = [tuple(d + 2 for d in c) for c in mirror_combinations(mirror_axes)]
 
     def predictor(window: Tensor) -> Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(window.to(device)).float()
+        total = None
+        for dims in flips:
+            x = window.to(device).flip(dims) if dims else window.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                y = model(x).float()
+            y = y.flip(dims) if dims else y
+            total = y if total is None else total + y
+        return total / len(flips)
 
     logits = sliding_window_inference(padded.unsqueeze(0), roi, 1, predictor, overlap=overlap, mode="gaussian",
-                                      sw_device=device, device="cpu")
+                                      sigma_scale=sigma_scale, sw_device=device, device="cpu")
     return logits[0, :, : shape[0], : shape[1], : shape[2]]
 
 

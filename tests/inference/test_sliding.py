@@ -63,5 +63,5 @@ def test_merge_takes_the_most_probable_target_above_threshold():
 
 
 def test_target_needs_text_or_box():
-    with pytest.raises(ValueError, match="needs a text or a box"):
+    with pytest.raises(ValueError, match="needs a text, a box or a positive point"):
         TargetPrompt()

@@ -1,0 +1,345 @@
+"""A trained model folder → predictions in the input's own geometry.
+
+:func:`resolve_model_folder` finds ``results/DatasetXXX/{variant}__{configuration}`` from ``-d``/``-m`` or, with
+neither, the only trained model; :class:`Predictor` loads its folds and predicts one case held in memory:
+preprocess with the plans (crop, normalise, resample), predict every target (``sliding`` or ``zoom``), average
+the folds' probabilities, map each target back to the file's grid and merge. Memory stays bounded: targets
+are reverted and merged one at a time into a running best probability and label (two full-volume maps), the
+folds' probabilities are summed at half precision on the (smaller) preprocessed grid only when there are
+several folds, and the sliding mode predicts the targets in groups sized to a memory budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from segvolpipe.errors import UserError
+from segvolpipe.inference.prompts import UserPrompt, locate
+from segvolpipe.inference.sliding import predict_targets, predict_unet
+from segvolpipe.inference.windows import TargetPrompt
+from segvolpipe.inference.zoom import zoom_out_zoom_in
+from segvolpipe.io.nifti import Geometry
+from segvolpipe.log import logger
+from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_name
+from segvolpipe.paths import list_datasets, resolve_dataset, results_root
+from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
+from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_to_canonical
+
+MODES = ("zoom", "sliding")
+CHECKPOINTS = ("final", "best", "latest")
+# Full-volume float32 maps the sliding mode may hold per group of targets (sum + weight per target).
+SLIDING_BUDGET_BYTES = 1 << 30
+
+
+def trained_folds(folder: Path, checkpoint: str = "final") -> list[str]:
+    """Folds of a model folder that have ``checkpoint_{checkpoint}.pt`` (0–4 first, then ``all``)."""
+    found = [p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / f"checkpoint_{checkpoint}.pt").is_file()]
+    return sorted(found, key=lambda f: (f == "all", f))
+
+
+def trained_models(root: Path | None = None) -> list[Path]:
+    """Every ``{variant}__{configuration}`` folder under the results root with at least one trained fold."""
+    root = root or results_root()
+    out = []
+    for dataset in list_datasets(root):
+        for folder in sorted((root / dataset).glob("*__*")):
+            if folder.is_dir() and (folder / "plans.json").is_file() and trained_folds(folder):
+                out.append(folder)
+    return out
+
+
+def resolve_model_folder(dataset: str | None = None, model: str | None = None, configuration: str | None = None,
+                         variant: str | None = None) -> Path:
+    """The model folder the user means (``-m`` wins; ``-d`` with optional ``-c``/``--variant``; else the only one).
+
+    Raises:
+        UserError: nothing trained, or several candidates (listed, with the option that picks one).
+    """
+    if model is not None:
+        folder = Path(model)
+        if not (folder / "plans.json").is_file():
+            raise UserError("not a trained model folder (no plans.json; expected results/DatasetXXX/"
+                            "{variant}__{configuration})", folder)
+        return folder
+    root = results_root()
+    candidates = trained_models(root)
+    if dataset is not None:
+        name = resolve_dataset(dataset, root)
+        candidates = [c for c in candidates if c.parent.name == name]
+    if configuration is not None:
+        candidates = [c for c in candidates if c.name.split("__", 1)[1] == configuration]
+    if variant is not None:
+        candidates = [c for c in candidates if c.name.split("__", 1)[0] == variant]
+    if not candidates:
+        where = f" for {dataset}" if dataset is not None else ""
+        raise UserError(f"no trained model{where} (with these options) under {root}: run 'segvol train' first")
+    if len(candidates) > 1:
+        listing = ", ".join(str(c.relative_to(root)) for c in candidates)
+        raise UserError(f"several trained models ({listing}): choose one with -m FOLDER, or -d/-c/--variant")
+    return candidates[0]
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    fold: str
+    path: Path
+    model: nn.Module
+
+
+def load_fold_models(folder: Path, folds: Sequence[str] | None, checkpoint: str,
+                     device: torch.device) -> tuple[ModelSpec, list[FoldModel]]:
+    """Build and load each fold's model (weights only); every fold must be the same model."""
+    from segvolpipe.models.registry import build_model
+    from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
+
+    if checkpoint not in CHECKPOINTS:
+        raise UserError(f"unknown --checkpoint {checkpoint!r} ({', '.join(CHECKPOINTS)})")
+    available = trained_folds(folder, checkpoint)
+    chosen = list(folds) if folds else [f for f in available if f != "all"] or available
+    missing = [f for f in chosen if f not in available]
+    if missing or not chosen:
+        have = ", ".join(available) or "none"
+        raise UserError(f"no checkpoint_{checkpoint}.pt for fold {', '.join(missing) or '?'} (trained folds: {have})",
+                        folder)
+    spec: ModelSpec | None = None
+    out = []
+    for fold in chosen:
+        path = folder / f"fold_{fold}" / f"checkpoint_{checkpoint}.pt"
+        payload = load_checkpoint(path)
+        if spec is None:
+            spec = ModelSpec.from_json(payload["spec"])
+        else:
+            check_same_spec(payload, spec.to_json(), path)
+        features = None
+        if spec.variant != "unet" and spec.text.tower != "learned":
+            features = torch.zeros(len(MODALITIES), len(spec.vocabulary), spec.text.dim)  # the buffer is loaded
+        model = build_model(spec, features)
+        try:
+            model.load_state_dict(payload["model"], strict=True)
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint does not fit its own model ({str(exc).splitlines()[0]})", path) from None
+        out.append(FoldModel(fold, path, model.to(device).eval()))
+    assert spec is not None
+    return spec, out
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output of a case: the value written in the label map, its name, and the prompt for the model."""
+
+    value: int
+    name: str
+    text: str | None = None
+    user: UserPrompt | None = None
+
+
+@dataclass
+class CasePrediction:
+    """What predicting one case produced (canonical grid)."""
+
+    label: np.ndarray
+    geometry: Geometry
+    values: list[int]
+    names: list[str]
+    probabilities: np.ndarray | None = None  # [P, Z, Y, X] float16 on the canonical grid, when asked
+    zoom: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Predictor:
+    """Loaded fold models of one results folder and the settings to predict with them."""
+
+    def __init__(self, folder: Path, folds: Sequence[str] | None = None, checkpoint: str = "final",
+                 mode: str | None = None, tta: bool = False, step: float | None = None, device: str = "auto",
+                 progress: bool = False) -> None:
+        from segvolpipe.training.stage import resolve_device
+
+        self.folder = folder
+        self.plans: Plans = load_plans(folder / "plans.json")
+        self.device = torch.device(resolve_device(device))
+        self.spec, self.models = load_fold_models(folder, folds, checkpoint, self.device)
+        self.conf: ConfigurationPlan = self.plans.configuration(self.spec.configuration)
+        inference = self.conf.inference
+        self.promptable = self.spec.variant != "unet"
+        self.mode = mode or (inference.mode_promptable if self.promptable else inference.mode_unet)
+        if self.mode not in MODES:
+            raise UserError(f"unknown --mode {self.mode!r} ({', '.join(MODES)})")
+        if self.mode == "zoom" and not self.promptable:
+            raise UserError("zoom-out-zoom-in needs a promptable model; the unet variant predicts with --mode sliding")
+        step = 1.0 - inference.overlap if step is None else step
+        if not 0.0 < step <= 1.0:
+            raise UserError(f"--step must lie in (0, 1] (a fraction of the window), got {step}")
+        self.overlap = 1.0 - step
+        self.mirror_axes = (0, 1, 2) if tta else ()
+        self.bf16 = self.device.type == "cuda" and self.conf.trainer.bf16_on_cuda
+        self.threshold = inference.threshold
+        self.settings = PreprocessSettings(self.conf.target_spacing, self.plans.normalization, self.conf.image_order,
+                                           self.conf.label_order)
+        self.modality = 0 if self.spec.modality == CT else 1
+        self.progress = progress
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return {v: n for v, n in self.plans.label_names.items() if v > 0}
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": str(self.folder), "variant": self.spec.variant, "configuration": self.spec.configuration,
+                "folds": [m.fold for m in self.models], "checkpoints": [str(m.path) for m in self.models],
+                "mode": self.mode, "step": 1.0 - self.overlap, "tta": bool(self.mirror_axes),
+                "device": str(self.device)}
+
+    # -- targets -------------------------------------------------------------------------------------------------
+    def targets(self, classes: Sequence[str] | None = None, text: str | None = None,
+                prompt: UserPrompt | None = None) -> list[Target]:
+        """The targets of a call: every class (or ``classes``), or the one target ``text``/``prompt`` names."""
+        by_name = {normalise_label_name(n): v for v, n in self.labels.items()}
+        if not self.promptable and (text or (prompt is not None and prompt.spatial)):
+            raise UserError("the unet variant segments its classes; --text, --box and --point need a promptable model")
+        if text is not None or (prompt is not None and prompt.spatial):
+            if text is not None:
+                self._text_index(text)
+            value = by_name.get(normalise_label_name(text), 1) if text is not None else 1
+            return [Target(value, text or "target", text, prompt)]
+        names = list(self.labels.values()) if not classes else list(classes)
+        out = []
+        for name in names:
+            key = normalise_label_name(name)
+            if key not in by_name:
+                raise UserError(f"unknown class {name!r} (this model's classes: {', '.join(self.labels.values())})")
+            out.append(Target(by_name[key], self.labels[by_name[key]], self.labels[by_name[key]]))
+        return out
+
+    def _text_index(self, text: str) -> int:
+        index = self.spec.text_index(text)
+        if index is None:
+            import difflib
+
+            close = difflib.get_close_matches(normalise_label_name(text), list(self.spec.vocabulary), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"the model knows no target named {text!r} (it knows: "
+                            f"{', '.join(self.spec.vocabulary)}){hint}")
+        return index
+
+    # -- one case ------------------------------------------------------------------------------------------------
+    def predict(self, image: np.ndarray, geometry: Geometry, targets: Sequence[Target], path: str = "",
+                probabilities: bool = False) -> CasePrediction:
+        """Predict one case: ``image`` ``[C, Z, Y, X]`` canonical float32 as :func:`~segvolpipe.io.nifti.read_image`
+        returns it."""
+        if image.shape[0] != len(self.plans.channel_names):
+            raise UserError(f"{image.shape[0]} channel(s), the model needs {len(self.plans.channel_names)} "
+                            f"({', '.join(self.plans.channel_names)})", path)
+        if not np.isfinite(image).all():
+            raise UserError("the image holds NaN or infinite voxels", path)
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        data, _, props = preprocess_arrays(image, None, geometry, self.settings)
+        seconds["preprocess"] = time.perf_counter() - start
+        tensor = torch.from_numpy(data)
+        values = [0, *self.labels] if not self.promptable else [t.value for t in targets]
+        names = ["background", *self.labels.values()] if not self.promptable else [t.name for t in targets]
+        prompts = [] if not self.promptable else [self._prompt(t, geometry, props, path) for t in targets]
+        merger = _Merger(tuple(props["canonical_shape"]), len(values), probabilities,
+                         self.threshold if self.promptable else None)
+        zoom_info: dict[str, Any] = {}
+        start = time.perf_counter()
+        for index, prob in self._probabilities(tensor, prompts, zoom_info, names):
+            t0 = time.perf_counter()
+            canonical = revert_to_canonical(prob[None].numpy(), props, is_label=False, fill=0.0)[0]
+            merger.add(index, values[index], canonical)
+            seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - t0
+        seconds["predict"] = time.perf_counter() - start - seconds.get("export", 0.0)
+        label = merger.label()
+        return CasePrediction(label, geometry, values, names, merger.probabilities, zoom_info, seconds)
+
+    def _prompt(self, target: Target, geometry: Geometry, props: dict[str, Any], path: str) -> TargetPrompt:
+        text_index = -1 if target.text is None else self._text_index(target.text)
+        if target.user is not None and target.user.spatial:
+            return locate(target.user, geometry, props, text_index, path)
+        return TargetPrompt(text_index)
+
+    def _probabilities(self, image: torch.Tensor, prompts: list[TargetPrompt], zoom_info: dict[str, Any],
+                       names: list[str]) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(output index, probability on the preprocessed grid)`` for every output, folds averaged."""
+        if len(self.models) == 1:
+            yield from self._one_model(self.models[0].model, image, prompts, zoom_info, names)
+            return
+        sums: dict[int, torch.Tensor] = {}
+        for fold in self.models:
+            for index, prob in self._one_model(fold.model, image, prompts, zoom_info, names):
+                half = prob.half()
+                if index in sums:
+                    sums[index] += half
+                else:
+                    sums[index] = half
+        for index in sorted(sums):
+            yield index, sums.pop(index).float() / len(self.models)
+
+    def _one_model(self, model: nn.Module, image: torch.Tensor, prompts: list[TargetPrompt],
+                   zoom_info: dict[str, Any], names: list[str]) -> Iterator[tuple[int, torch.Tensor]]:
+        common = {"overlap": self.overlap, "device": self.device, "bf16": self.bf16, "mirror_axes": self.mirror_axes,
+                  "sigma_scale": self.conf.inference.sigma_scale}
+        if not self.promptable:
+            probs = torch.softmax(predict_unet(model, image, **common), dim=0)
+            for k in range(probs.shape[0]):
+                yield k, probs[k]
+            return
+        if self.mode == "zoom":
+            for t, logits, info in zoom_out_zoom_in(model, image, prompts, modality=self.modality,
+                                                    threshold=self.threshold, **common):
+                zoom_info.setdefault(names[t], []).append(
+                    {"found": info.found, "roi": info.roi, "windows": info.windows})
+                yield t, torch.sigmoid(logits)
+            return
+        voxels = math.prod(image.shape[1:])
+        group = max(1, int(SLIDING_BUDGET_BYTES // max(1, 8 * voxels)))
+        for first in range(0, len(prompts), group):
+            chunk = prompts[first : first + group]
+            logits = predict_targets(model, image, chunk, modality=self.modality, **common)
+            for k in range(len(chunk)):
+                yield first + k, torch.sigmoid(logits[k])
+            del logits
+
+
+class _Merger:
+    """Running merge of per-output probability maps on the canonical grid: the most probable output wins, and with a
+    ``threshold`` (promptable targets) voxels where no output passes it are background."""
+
+    def __init__(self, shape: tuple[int, ...], outputs: int, keep: bool, threshold: float | None) -> None:
+        self.best = np.full(shape, -1.0, dtype=np.float32)
+        self.values = np.zeros(shape, dtype=np.uint16)
+        self.threshold = threshold
+        self.probabilities = np.zeros((outputs, *shape), dtype=np.float16) if keep else None
+
+    def add(self, index: int, value: int, prob: np.ndarray) -> None:
+        better = prob > self.best
+        self.best[better] = prob[better]
+        self.values[better] = value
+        if self.probabilities is not None:
+            self.probabilities[index] = prob
+
+    def label(self) -> np.ndarray:
+        if self.threshold is not None:
+            self.values[self.best <= self.threshold] = 0
+        return self.values
+
+
+def volumes_ml(label: np.ndarray, values: Sequence[int], spacing: Sequence[float]) -> dict[int, float]:
+    """Volume of each value in millilitres (voxel count × voxel volume)."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(label.ravel(), minlength=max(values, default=0) + 1)
+    return {int(v): float(counts[v]) * voxel_ml for v in values if v > 0}
+
+
+def log_zoom(zoom: dict[str, Any]) -> None:
+    missed = [n for n, runs in zoom.items() if not any(r["found"] for r in runs)]
+    if missed:
+        logger.info("zoom-out found nothing for %s: kept the coarse result", ", ".join(missed))
