@@ -1,0 +1,1 @@
+"""Metrics, summaries, rotation robustness and plots of the evaluation stage."""
