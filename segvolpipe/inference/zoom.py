@@ -1,7 +1,9 @@
 """SegVol's zoom-out-zoom-in inference on the window engine.
 
-1. Zoom out: the whole volume resized to the model input (trilinear), prompts scaled with it; one forward for
-   every target; the logits resized back to the volume.
+1. Zoom out: the foreground box of the volume (voxels of the first channel above its mean — the body in CT,
+   as SegVol's foreground crop; the whole volume when that box is empty) resized to the model input
+   (trilinear), prompts scaled with it; one forward for every target; the logits resized back to the box,
+   "absent" outside it.
 2. Region of interest per target: the box of coarse probability > ``threshold``, united with the user's box
    (and positive points) when given, grown by ``margin`` of its size on each side and to at least one window.
 3. Zoom in: the windows of the full-resolution sliding-window lattice that touch the region, each encoded once
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segvolpipe.inference.windows import TargetPrompt, lattice, pad_to, predict_window, run_windows
+from segvolpipe.inference.windows import ABSENT_LOGIT, TargetPrompt, lattice, pad_to, predict_window, run_windows
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,15 @@ def _union(a: list[tuple[int, int]] | None, b: list[tuple[int, int]] | None) -> 
     if a is None or b is None:
         return a or b
     return [(min(x[0], y[0]), max(x[1], y[1])) for x, y in zip(a, b, strict=True)]
+
+
+def foreground_box(image: Tensor, margin: int = 2) -> list[tuple[int, int]]:
+    """Box of the voxels of channel 0 above its mean, grown by ``margin`` voxels (the whole volume if none)."""
+    channel = image[0]
+    box = _box_of(channel > channel.mean())
+    if box is None:
+        return [(0, n) for n in channel.shape]
+    return [(max(0, lo - margin), min(n, hi + margin)) for (lo, hi), n in zip(box, channel.shape, strict=True)]
 
 
 def region_of_interest(box: list[tuple[int, int]], shape: Sequence[int], roi: Sequence[int],
@@ -105,16 +116,22 @@ def zoom_out_zoom_in(model: nn.Module, image: Tensor, targets: Sequence[TargetPr
     roi = list(model.input_size)
     zoom = list(zoom_out_size or roi)
     shape = list(image.shape[1:])
-    factors = [z / n for z, n in zip(zoom, shape, strict=True)]
-    coarse_targets = [t.scaled(factors) for t in targets]
-    coarse = predict_window(model, _resize(image, zoom), coarse_targets, (0, 0, 0), modality, device, bf16,
+    fg = foreground_box(image)
+    fg_lo = [lo for lo, _ in fg]
+    fg_shape = [hi - lo for lo, hi in fg]
+    view = image[(slice(None), *(slice(lo, hi) for lo, hi in fg))]
+    factors = [z / n for z, n in zip(zoom, fg_shape, strict=True)]
+    coarse_targets = [t.shifted(fg_lo).scaled(factors) for t in targets]
+    coarse = predict_window(model, _resize(view, zoom), coarse_targets, (0, 0, 0), modality, device, bf16,
                             mirror_axes).cpu()
     if on_window is not None:
         on_window()
     logit_threshold = math.log(threshold / (1 - threshold))
 
     def upsampled(t: int) -> Tensor:
-        return _resize(coarse[t : t + 1], shape)[0]
+        out = torch.full(shape, ABSENT_LOGIT)
+        out[tuple(slice(lo, hi) for lo, hi in fg)] = _resize(coarse[t : t + 1], fg_shape)[0]
+        return out
 
     padded, _ = pad_to(image.float(), roi)
     origins = lattice(padded.shape[1:], roi, overlap)

@@ -142,3 +142,12 @@ def test_scaled_and_mirrored_prompts():
     assert t.mirrored((0, 2), (10, 10, 10)) == TargetPrompt(3, (0, 2, 2, 9, 5, 5), ((8.0, 2.0, 6.0, 1),))
     half = t.scaled((0.5, 0.5, 0.5))
     assert half.box == (0, 1, 2, 4, 2, 3) and half.points == ((0.25, 0.75, 1.25, 1),)
+
+
+def test_the_zoom_out_view_is_the_foreground_box():
+    from segvolpipe.inference.zoom import foreground_box
+
+    image = torch.full((1, 30, 40, 50), -1000.0)
+    image[0, 5:20, 10:30, 12:44] = 40.0  # a "body" in air
+    assert foreground_box(image, margin=2) == [(3, 22), (8, 32), (10, 46)]
+    assert foreground_box(torch.zeros(1, 4, 5, 6)) == [(0, 4), (0, 5), (0, 6)]
