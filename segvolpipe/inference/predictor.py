@@ -159,17 +159,29 @@ class Predictor:
     """Loaded fold models of one results folder and the settings to predict with them."""
 
     def __init__(self, folder: Path, folds: Sequence[str] | None = None, checkpoint: str = "final",
-                 mode: str | None = None, tta: bool = False, step: float | None = None, device: str = "auto",
-                 progress: bool = False) -> None:
+                 mode: str | None = None, tta: bool = False, step: float | None = None, device: str = "auto") -> None:
         from segvolpipe.training.stage import resolve_device
 
-        self.folder = folder
-        self.plans: Plans = load_plans(folder / "plans.json")
-        self.device = torch.device(resolve_device(device))
-        self.spec, self.models = load_fold_models(folder, folds, checkpoint, self.device)
-        self.conf: ConfigurationPlan = self.plans.configuration(self.spec.configuration)
+        plans = load_plans(folder / "plans.json")
+        torch_device = torch.device(resolve_device(device))
+        spec, models = load_fold_models(folder, folds, checkpoint, torch_device)
+        self._configure(folder, plans, spec, models, mode, tta, step, torch_device)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, spec: ModelSpec, plans: Plans, device: torch.device,
+                  mode: str | None = None, folder: Path | None = None) -> Predictor:
+        """A predictor around a model held in memory (the trainer's end-of-fold validation)."""
+        self = cls.__new__(cls)
+        self._configure(folder or Path("."), plans, spec, [FoldModel("-", Path("-"), model.eval())], mode, False, None,
+                        device)
+        return self
+
+    def _configure(self, folder: Path, plans: Plans, spec: ModelSpec, models: list[FoldModel], mode: str | None,
+                   tta: bool, step: float | None, device: torch.device) -> None:
+        self.folder, self.plans, self.spec, self.models, self.device = folder, plans, spec, models, device
+        self.conf: ConfigurationPlan = plans.configuration(spec.configuration)
         inference = self.conf.inference
-        self.promptable = self.spec.variant != "unet"
+        self.promptable = spec.variant != "unet"
         self.mode = mode or (inference.mode_promptable if self.promptable else inference.mode_unet)
         if self.mode not in MODES:
             raise UserError(f"unknown --mode {self.mode!r} ({', '.join(MODES)})")
@@ -180,12 +192,11 @@ class Predictor:
             raise UserError(f"--step must lie in (0, 1] (a fraction of the window), got {step}")
         self.overlap = 1.0 - step
         self.mirror_axes = (0, 1, 2) if tta else ()
-        self.bf16 = self.device.type == "cuda" and self.conf.trainer.bf16_on_cuda
+        self.bf16 = device.type == "cuda" and self.conf.trainer.bf16_on_cuda
         self.threshold = inference.threshold
-        self.settings = PreprocessSettings(self.conf.target_spacing, self.plans.normalization, self.conf.image_order,
+        self.settings = PreprocessSettings(self.conf.target_spacing, plans.normalization, self.conf.image_order,
                                            self.conf.label_order)
-        self.modality = 0 if self.spec.modality == CT else 1
-        self.progress = progress
+        self.modality = 0 if spec.modality == CT else 1
 
     @property
     def labels(self) -> dict[int, str]:
@@ -330,6 +341,22 @@ class _Merger:
         if self.threshold is not None:
             self.values[self.best <= self.threshold] = 0
         return self.values
+
+
+def box_targets(predictor: Predictor, reference: np.ndarray, geometry: Geometry, text: bool = True) -> list[Target]:
+    """A box prompt per class present in a canonical reference (with its name as text prompt when ``text``), in
+    world mm so that any grid of the same case takes it."""
+    targets = []
+    affine = np.asarray(geometry.canonical_affine)
+    for value, name in predictor.labels.items():
+        idx = np.argwhere(reference == value)
+        if idx.size == 0:
+            continue
+        corners = np.c_[np.stack([idx.min(0), idx.max(0)]).astype(np.float64), np.ones(2)] @ affine.T
+        box = tuple(float(v) for v in (*corners[0, :3], *corners[1, :3]))
+        targets.append(Target(value, name, name if text else None, UserPrompt(name if text else None, box,
+                                                                            coords="world")))  # type: ignore[arg-type]
+    return targets
 
 
 def volumes_ml(label: np.ndarray, values: Sequence[int], spacing: Sequence[float]) -> dict[int, float]:

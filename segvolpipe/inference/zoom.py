@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segvolpipe.inference.windows import ABSENT_LOGIT, TargetPrompt, lattice, pad_to, predict_window, run_windows
+from segvolpipe.inference.windows import (
+    ABSENT_LOGIT,
+    TargetPrompt,
+    lattice,
+    pad_to,
+    predict_window,
+    run_windows,
+)
 
 
 @dataclass(frozen=True)

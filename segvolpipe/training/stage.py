@@ -278,9 +278,7 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     result = FoldResult(config.fold, folder, status, state.epoch, state.best_epoch, state.best_ema_dice)
     if dist.is_main and val_cases:
         raw = raw_root() / config.dataset
-        result.validation = validate_cases(model, config.variant == "unet", spec.labels,
-                                           [spec.text_index(n) for n in spec.labels], spec.modality, val_cases,
-                                           pre / plans_conf, raw, files.validation, device,
-                                           bf16=config.bf16 and device.type == "cuda", progress=options.progress)
+        result.validation = validate_cases(model, spec, load_plans(pre / "plans.json"), val_cases, pre / plans_conf,
+                                           raw, files.validation, device, progress=options.progress)
     result.seconds = time.perf_counter() - start
     return result
