@@ -341,6 +341,72 @@ def predict(
               + [f"{len(result.failed)} case(s) failed; the others are written to {output}"])
 
 
+class PromptKind(str, Enum):
+    text = "text"
+    box = "box"
+    points = "points"
+    box_text = "box+text"
+
+
+@app.command("evaluate")
+@handles_errors
+def evaluate(
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose trained model to evaluate (with --pred/--ref: whose dataset.json labels to use).")] = None,
+    model: Annotated[Path | None, typer.Option("-m", "--model", help="A results folder results/DatasetXXX/{variant}__{configuration}.")] = None,
+    configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration of the model (with -d).")] = None,
+    variant: Annotated[Variant | None, typer.Option("--variant", help="Variant of the model (with -d).")] = None,
+    pred: Annotated[Path | None, typer.Option("--pred", help="Folder of predicted label maps {case}.nii.gz to score (with --ref).")] = None,
+    ref: Annotated[Path | None, typer.Option("--ref", help="Folder of reference label maps {case}.nii.gz (with --pred).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="dataset.json whose labels --pred/--ref are scored with (default: -d's, else the one beside --ref).")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where --pred/--ref writes summary.json and per_case.csv (default: --pred).")] = None,
+    rotate: Annotated[bool, typer.Option("--rotate/--no-rotate", help="Rotation robustness test on the scored cases.")] = True,
+    angles: Annotated[str, typer.Option("--angles", help="Rotation: degrees about the longitudinal axis, radians about the other two.")] = "45,0.1,0.1",
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Also Dice against angle: degrees about the longitudinal axis, e.g. 0,15,30,45,60,90.")] = None,
+    mode: Annotated[Mode | None, typer.Option("--mode", help="Inference mode (default: the plans', zoom for promptable variants, sliding for unet).")] = None,
+    prompt: Annotated[PromptKind, typer.Option("--prompt", help="Rotation-test prompts: text (every class's name), box (the reference's box per class, rotated with it), points (three positive points per class from the reference) or box+text.")] = PromptKind.text,
+    cases: Annotated[int | None, typer.Option("--cases", min=1, help="Rotation test on the first N scored cases only (default: all).")] = None,
+    hd95: Annotated[bool, typer.Option("--hd95", help="Also the 95th-percentile Hausdorff distance (mm; slow).")] = False,
+    nsd: Annotated[float | None, typer.Option("--nsd", help="Also the normalised surface Dice at this tolerance (mm; slow).")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Compare every evaluated variant of the dataset: one table, comparison.png and comparison.json.")] = False,
+    np_: Annotated[int | None, typer.Option("--np", min=1, help="Processes for scoring (default: CPU count) and for predicting test cases (default 1; each loads the model).")] = None,
+    device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Predict the test cases and redo the rotation test even when done with these settings.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
+) -> None:
+    """Dice per case and class (test split or cross-validation, or any two folders), rotation robustness, plots."""
+    from segvolpipe.errors import UserError
+
+    if compare:
+        from segvolpipe.evaluation.compare import run_compare
+        from segvolpipe.reporting import print_compare
+
+        if pred or ref or labels or output or sweep:
+            raise UserError("--compare reads what 'segvol evaluate' wrote for each variant: drop --pred/--ref/"
+                            "--labels/-o/--sweep")
+        print_compare(run_compare(dataset, str(model) if model else None, configuration,
+                                  variant.value if variant else None))
+        return
+    if not rotate and (sweep or cases):
+        raise UserError("--sweep and --cases belong to the rotation test: drop --no-rotate")
+    from segvolpipe.evaluation.rotation import parse_angles, parse_sweep
+    from segvolpipe.evaluation.stage import EvaluateOptions, run_evaluate
+    from segvolpipe.reporting import print_evaluate
+
+    options = EvaluateOptions(
+        dataset=dataset, model=str(model) if model else None, configuration=configuration,
+        variant=variant.value if variant else None, pred=str(pred) if pred else None, ref=str(ref) if ref else None,
+        labels=str(labels) if labels else None, output=str(output) if output else None, rotate=rotate,
+        angles=parse_angles(angles), sweep=tuple(parse_sweep(sweep)) if sweep else (),
+        mode=mode.value if mode else None, prompt=prompt.value, cases=cases, hd95=hd95, nsd_mm=nsd, device=device.value,
+        workers=np_, overwrite=overwrite, progress=progress,
+    )
+    result = run_evaluate(options)
+    print_evaluate(result)
+    if result.failures:
+        _fail([f"{f['case']}: {f['file'] + ': ' if f['file'] else ''}{f['error']}" for f in result.failures]
+              + [f"{len(result.failures)} case(s) failed; the others are scored → {result.output}"])
+
+
 @app.command("demo")
 @handles_errors
 def demo(

@@ -9,6 +9,8 @@ from rich.table import Table
 from segvolpipe.log import console
 
 if TYPE_CHECKING:
+    from segvolpipe.evaluation.compare import CompareResult
+    from segvolpipe.evaluation.stage import EvaluateResult
     from segvolpipe.inference.stage import PredictResult
     from segvolpipe.models.summary import ModelsResult
     from segvolpipe.planning.plans import Plans
@@ -133,3 +135,68 @@ def print_predict(result: PredictResult) -> None:
         table.add_row(case, status, detail, "–" if seconds is None or skipped else f"{seconds:.1f}")
     console.print(table)
     console.print(f"→ {result.output} (predictions.json)")
+
+
+def _score(value: float | None, signed: bool = False) -> str:
+    if value is None or value != value:  # None or NaN
+        return "–"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def print_evaluate(result: EvaluateResult) -> None:
+    """Mean metrics per class, then the rotation test per class and the sweep; then where the files are."""
+    summary = result.summary
+    where = f"{result.model.parent.name}: {result.model.name}" if result.model else str(summary.get("prediction_folder"))
+    table = Table(title=f"{where} — {result.source}, {summary['n_cases']} case(s) scored")
+    extra = [k for k in ("HD95", "NSD") if k in summary["foreground_mean"]]
+    for name in ("class", "Dice", "IoU", *[f"{k} (mm)" if k == "HD95" else k for k in extra], "pred ml", "ref ml"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    rows = [(summary["labels"][v], m) for v, m in summary["mean"].items()] + [("mean", summary["foreground_mean"])]
+    for name, m in rows:
+        ml = [f"{m[k]:.1f}" if m.get(k) is not None and name != "mean" else "–" for k in ("pred_ml", "ref_ml")]
+        cells = [_score(m.get(k)) if k != "HD95" else ("–" if m.get(k) is None else f"{m[k]:.2f}")
+                 for k in ("Dice", "IoU", *extra)]
+        table.add_row(name, *cells, *ml, style="bold" if name == "mean" else None)
+    console.print(table)
+    rotation = result.rotation
+    if rotation is not None:
+        s = rotation["settings"]
+        rot = Table(title=f"rotation test, {rotation['n_cases']} case(s)",
+                    caption=f"{s['angles']}; {s['prompt']} prompts, {s['mode']}")
+        for name in ("class", "upright", "rotated", "drop", "consistency"):
+            rot.add_column(name, justify="left" if name == "class" else "right")
+        for name, c in [*rotation["classes"].items(), ("mean", rotation["mean"])]:
+            rot.add_row(name, _score(c["upright"]), _score(c["rotated"]), _score(c["drop"], signed=True),
+                        _score(c["consistency"]), style="bold" if name == "mean" else None)
+        console.print(rot)
+        sweep = rotation.get("sweep")
+        if sweep:
+            swept = Table(title="Dice against rotation about the longitudinal axis")
+            swept.add_column("angle (°)", justify="right")
+            for name in (*sweep["classes"], "mean"):
+                swept.add_column(name, justify="right")
+            for i, angle in enumerate(sweep["angles_deg"]):
+                swept.add_row(f"{angle:g}", *[_score(v[i]) for v in sweep["classes"].values()],
+                              _score(sweep["mean"][i]))
+            console.print(swept)
+    names = sorted({p.name for p in result.files})
+    console.print(f"→ {result.output} ({', '.join(names)})")
+
+
+def print_compare(result: CompareResult) -> None:
+    """One row per model folder: Dice, rotation test, seconds per case; then the warnings and the files."""
+    table = Table(title=f"{result.dataset}: variants compared")
+    for name in ("variant", "configuration", "source", "cases", "Dice", "upright", "rotated", "drop", "consistency",
+                 "s / case"):
+        table.add_column(name, justify="left" if name in ("variant", "configuration", "source") else "right")
+    for r in result.rows:
+        if not r.evaluated:
+            table.add_row(r.variant, r.configuration, "not evaluated", *["–"] * 7)
+            continue
+        seconds = "–" if r.seconds != r.seconds else f"{r.seconds:.2f}"
+        table.add_row(r.variant, r.configuration, r.source or "?", str(r.cases), _score(r.dice), _score(r.upright),
+                      _score(r.rotated), _score(r.drop, signed=True), _score(r.consistency), seconds)
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]note:[/yellow] {warning}", markup=True, highlight=False, soft_wrap=True)
+    console.print(f"→ {result.folder} ({', '.join(p.name for p in result.files)})")

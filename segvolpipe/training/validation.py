@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segvolpipe.inference.predictor import Predictor, box_targets
+from segvolpipe.inference.predictor import Predictor, reference_targets
 from segvolpipe.io.atomic import read_json, write_json
 from segvolpipe.io.nifti import read_image, read_label, write_label
 from segvolpipe.log import progress_bar
@@ -64,7 +64,8 @@ def validate_cases(model: nn.Module, spec: ModelSpec, plans: Plans, cases: list[
             image, geometry = read_image([raw / "imagesTr" / name for name in props["images"]])
             reference, _ = read_label(raw / "labelsTr" / props["label"])
             for kind in kinds:
-                targets = box_targets(predictor, reference, geometry) if kind == "box+text" else predictor.targets()
+                targets = (reference_targets(names, reference, geometry.canonical_affine, kind) if kind == "box+text"
+                           else predictor.targets())
                 if not targets:
                     scores[kind][case] = dice_per_class(np.zeros_like(reference), reference, values)
                     continue
