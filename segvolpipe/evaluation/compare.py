@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from segvolpipe.errors import UserError
-from segvolpipe.evaluation.metrics import json_safe
 from segvolpipe.io.atomic import read_json, write_json
 from segvolpipe.paths import resolve_dataset, results_root
 
@@ -156,8 +155,7 @@ def _write(result: CompareResult) -> list[Path]:
                       title=f"{result.dataset}\nDice against rotation about S")
         written.append(result.folder / "dice_vs_angle.png")
     rows = [{**asdict(r), "name": r.name} for r in result.rows]
-    write_json(result.folder / "comparison.json", json_safe({"dataset": result.dataset, "rows": rows,
-                                                              "warnings": result.warnings}))
+    write_json(result.folder / "comparison.json", {"dataset": result.dataset, "rows": rows, "warnings": result.warnings})
     return [result.folder / "comparison.json", *written]
 
 

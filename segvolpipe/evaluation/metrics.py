@@ -253,7 +253,7 @@ def summarise(
 
 def write_summary(path: str | Path, summary: Mapping[str, Any]) -> None:
     """Write a summary as valid JSON (NaN and inf as null), atomically, with schema version and provenance."""
-    write_json(path, json_safe(dict(summary)))
+    write_json(path, dict(summary))
 
 
 def write_per_case_csv(path: str | Path, summary: Mapping[str, Any]) -> None:
@@ -398,14 +398,3 @@ def _finite_or_none(x: Any) -> Any:
 def _nanmean(values: Sequence[float | int | None]) -> float | None:
     kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return float(np.mean(kept)) if kept else None
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively, numpy scalars unwrapped."""
-    if isinstance(obj, Mapping):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    return _finite_or_none(obj)

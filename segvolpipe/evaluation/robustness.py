@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from segvolpipe.errors import UserError
-from segvolpipe.evaluation.metrics import dice_scores, json_safe
+from segvolpipe.evaluation.metrics import dice_scores
 from segvolpipe.evaluation.rotation import consistency_dice, rotate_image, rotate_label, valid_mask
-from segvolpipe.io.atomic import read_json, write_json
+from segvolpipe.io.atomic import json_safe, read_json, write_json
 from segvolpipe.io.dataset import files_hash
 from segvolpipe.io.nifti import Geometry, read_image, read_label
 from segvolpipe.log import logger, progress_bar

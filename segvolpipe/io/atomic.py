@@ -71,13 +71,27 @@ def provenance() -> dict[str, Any]:
     }
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, recursively, numpy scalars unwrapped."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+
 def write_json(final: str | Path, payload: dict[str, Any], stamp: bool = True) -> None:
-    """Write ``payload`` as JSON atomically, adding ``schema_version`` and ``provenance`` when ``stamp``."""
-    data = dict(payload)
+    """Write ``payload`` as JSON atomically, adding ``schema_version`` and ``provenance`` when ``stamp``.
+
+    Standard JSON has no NaN or infinity: they are written as ``null`` (NaN means "undefined" everywhere here,
+    e.g. the Dice of a class absent from both reference and prediction)."""
+    data = json_safe(dict(payload))
     if stamp:
         data.setdefault("schema_version", SCHEMA_VERSION)
         data["provenance"] = provenance()
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True, default=_json_default)
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
     atomic_write(final, lambda fh: fh.write((text + "\n").encode()))
 
 

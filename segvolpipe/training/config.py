@@ -99,6 +99,12 @@ class TrainConfig:
         free = {"epochs", "time_budget_s", "device", "workers", "init", "pretrained", "bf16", "extras"}
         return [f for f in to_jsonable(self) if f not in free and getattr(self, f) != getattr(other, f)]
 
+    def trains_like(self, other: TrainConfig) -> bool:
+        """Whether a finished run with ``other``'s settings is what this config would train (the device and the
+        loader workers aside)."""
+        same = ("epochs", "time_budget_s", "init", "pretrained")
+        return not self.resumable_from(other) and all(getattr(self, f) == getattr(other, f) for f in same)
+
 
 def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any) -> TrainConfig:
     """The plans' defaults for ``spec``, with ``overrides`` (None values ignored) applied."""

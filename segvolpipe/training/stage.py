@@ -185,6 +185,27 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
     return TrainResult(name, first.variant, first.configuration, out, results)
 
 
+def _trained(config: TrainConfig, files: FoldFiles) -> bool:
+    if not (files.final.exists() and files.config.exists()):
+        return False
+    try:
+        return TrainConfig.from_json(read_json(files.config)).trains_like(config)
+    except (UserError, KeyError, TypeError, ValueError):  # an unreadable record is not a finished run
+        return False
+
+
+def is_trained(dataset: str | None, options: TrainOptions) -> bool:
+    """Whether every fold of ``options`` is already trained with these settings (``segvol train`` would skip it)."""
+    name = resolve_dataset(dataset, preprocessed_root())
+    plans = load_plans(preprocessed_root() / name / "plans.json")
+    device = resolve_device(options.device)
+    for fold in options.folds:
+        config = build_config(plans, options, fold, device)
+        if not _trained(config, FoldFiles(results_folder(name, config.variant, config.configuration) / f"fold_{fold}")):
+            return False
+    return True
+
+
 def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path) -> FoldResult:
     """One fold, in this process or, with ``gpus > 1``, in ``gpus`` processes (torch.distributed)."""
     files = FoldFiles(folder)
@@ -192,11 +213,9 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
         from segvolpipe.training.distributed import launch
 
         return launch(config, options, pre, folder)
-    if files.final.exists() and files.config.exists() and not options.overwrite and not options.resume:
-        stored = TrainConfig.from_json(read_json(files.config))
-        if not stored.resumable_from(config) and stored.epochs == config.epochs:
-            logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold, folder)
-            return FoldResult(config.fold, folder, "skipped")
+    if not options.overwrite and not options.resume and _trained(config, files):
+        logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold, folder)
+        return FoldResult(config.fold, folder, "skipped")
     if options.overwrite and folder.exists():
         shutil.rmtree(folder)
     if files.latest.exists() and not options.resume and not options.overwrite:
