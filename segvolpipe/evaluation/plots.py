@@ -236,8 +236,11 @@ def _finish(fig: Any, ax: Any, path: str | Path, title: str, empty: bool) -> Non
         ax.text(
             0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14, color="gray"
         )
-    if title:
-        fig.suptitle(title)
+    if title:  # wrapped to the figure's width (about 9 characters per inch at the default 12 pt)
+        import textwrap
+
+        width = max(20, int(fig.get_figwidth() * 9))
+        fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
 
