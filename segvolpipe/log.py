@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+# Redirected to a file (cluster logs), rich would assume 80 columns and squeeze the tables' names; give it room
+# unless COLUMNS says otherwise.
+console = Console(stderr=True, highlight=False,
+                  width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 140)
 logger = logging.getLogger("segvolpipe")
 
 def setup_logging(verbose: bool = False) -> None:

@@ -186,15 +186,16 @@ def print_evaluate(result: EvaluateResult) -> None:
 def print_compare(result: CompareResult) -> None:
     """One row per model folder: Dice, rotation test, seconds per case; then the warnings and the files."""
     table = Table(title=f"{result.dataset}: variants compared")
-    for name in ("variant", "configuration", "source", "cases", "Dice", "upright", "rotated", "drop", "consistency",
-                 "s / case"):
-        table.add_column(name, justify="left" if name in ("variant", "configuration", "source") else "right")
+    for name in ("variant", "configuration", "source", "mode", "cases", "Dice", "upright", "rotated", "drop",
+                 "consistency", "s / case"):
+        table.add_column(name, justify="left" if name in ("variant", "configuration", "source", "mode") else "right")
     for r in result.rows:
         if not r.evaluated:
-            table.add_row(r.variant, r.configuration, "not evaluated", *["–"] * 7)
+            table.add_row(r.variant, r.configuration, "not evaluated", *["–"] * 8)
             continue
         seconds = "–" if r.seconds != r.seconds else f"{r.seconds:.2f}"
-        table.add_row(r.variant, r.configuration, r.source or "?", str(r.cases), _score(r.dice), _score(r.upright),
+        mode = (r.rotation_settings or {}).get("mode") or "–"
+        table.add_row(r.variant, r.configuration, r.source or "?", mode, str(r.cases), _score(r.dice), _score(r.upright),
                       _score(r.rotated), _score(r.drop, signed=True), _score(r.consistency), seconds)
     console.print(table)
     for warning in result.warnings:

@@ -19,8 +19,6 @@ from segvolpipe.errors import UserError
 from segvolpipe.io.atomic import read_json, write_json
 from segvolpipe.paths import resolve_dataset, results_root
 
-COMPARED_SETTINGS = ("angles_rad", "prompt", "mode")
-
 
 @dataclass(frozen=True)
 class CompareRow:
@@ -93,11 +91,14 @@ def run_compare(dataset: str | None = None, model: str | None = None, configurat
     for r in rows:
         if not r.evaluated:
             result.warnings.append(f"{r.name}: not evaluated (run 'segvol evaluate -m {r.folder}')")
-    settings = {r.name: {k: (r.rotation_settings or {}).get(k) for k in COMPARED_SETTINGS}
-                for r in rows if r.rotation_settings}
-    if len({repr(s) for s in settings.values()}) > 1:
-        result.warnings.append("rotation settings differ between variants (not comparable): "
-                               + "; ".join(f"{n}: {s}" for n, s in settings.items()))
+    # The angles must agree; prompts only between promptable variants (unet takes none); the inference mode
+    # follows each variant's plans (zoom for promptable variants, sliding for unet) and is shown per row.
+    rotated = [r for r in rows if r.rotation_settings]
+    for key, members in (("angles_rad", rotated), ("prompt", [r for r in rotated if r.variant != "unet"])):
+        values = {r.name: (r.rotation_settings or {}).get(key) for r in members}
+        if len({repr(v) for v in values.values()}) > 1:
+            result.warnings.append(f"rotation test {key} differ between variants (rotated Dice not comparable): "
+                                   + "; ".join(f"{n}: {v}" for n, v in values.items()))
     if len({r.source for r in rows if r.evaluated}) > 1:
         result.warnings.append("some variants were scored on the test split, others on cross-validation")
     result.files = _write(result)
