@@ -93,9 +93,9 @@ def make_volumes(raw: Path, cases: list[str], shape, spacing, folder: Path) -> l
 
 
 def compare_modes(model: Path, folder: Path, cases: list[str], device: str) -> dict:
+    from segvolpipe.evaluation.metrics import dice_scores
     from segvolpipe.inference.predictor import Predictor
     from segvolpipe.io.nifti import read_image, read_label
-    from segvolpipe.training.validation import dice_per_class
 
     predictors = {mode: Predictor(model, mode=mode, device=device) for mode in ("sliding", "zoom")}
     labels = predictors["zoom"].labels
@@ -110,7 +110,7 @@ def compare_modes(model: Path, folder: Path, cases: list[str], device: str) -> d
             start = time.perf_counter()
             result = p.predict(image, geometry, p.targets())
             seconds = time.perf_counter() - start
-            dice = dice_per_class(result.label, reference, list(labels))
+            dice = dice_scores(result.label, reference, list(labels))
             present = [d for d in dice.values() if not np.isnan(d)]
             row[mode] = {"seconds": seconds, "timings": result.seconds, "dice": {labels[v]: d for v, d in dice.items()},
                          "mean_dice": float(np.mean(present)) if present else float("nan")}

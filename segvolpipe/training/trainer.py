@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from segvolpipe.evaluation.metrics import dice_scores
 from segvolpipe.io.atomic import atomic_write
 from segvolpipe.log import logger, progress_bar
 from segvolpipe.models.spec import CT
@@ -27,7 +28,6 @@ from segvolpipe.training.checkpoint import TrainState, save_checkpoint, set_rng_
 from segvolpipe.training.config import TrainConfig
 from segvolpipe.training.losses import prompt_dice, prompt_loss, unet_loss
 from segvolpipe.training.prompts import PromptOptions, sample_prompts
-from segvolpipe.training.validation import dice_per_class
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -174,7 +174,7 @@ class Trainer:
                     pred = self.model(image).float().argmax(1).cpu()
                 values = list(range(1, self.config.model.num_classes))
                 for b in range(pred.shape[0]):
-                    per_class = dice_per_class(pred[b].numpy(), label[b].numpy(), values)
+                    per_class = dice_scores(pred[b].numpy(), label[b].numpy(), values)
                     text_scores += [d for d in per_class.values() if not math.isnan(d)]
                 continue
             modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)

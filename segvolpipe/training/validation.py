@@ -18,22 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from segvolpipe.evaluation.metrics import dice_scores
 from segvolpipe.inference.predictor import Predictor, reference_targets
 from segvolpipe.io.atomic import read_json, write_json
 from segvolpipe.io.nifti import read_image, read_label, write_label
 from segvolpipe.log import progress_bar
 from segvolpipe.models.spec import ModelSpec
 from segvolpipe.planning.plans import Plans
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, values: list[int]) -> dict[int, float]:
-    """Dice per class value; NaN when the class is absent from both (excluded from means, as nnU-Net)."""
-    out = {}
-    for v in values:
-        p, r = pred == v, ref == v
-        denom = int(p.sum()) + int(r.sum())
-        out[v] = float("nan") if denom == 0 else 2.0 * int((p & r).sum()) / denom
-    return out
 
 
 def _summary(per_case: dict[str, dict[int, float]], names: dict[int, str]) -> dict[str, Any]:
@@ -67,10 +58,10 @@ def validate_cases(model: nn.Module, spec: ModelSpec, plans: Plans, cases: list[
                 targets = (reference_targets(names, reference, geometry.canonical_affine, kind) if kind == "box+text"
                            else predictor.targets())
                 if not targets:
-                    scores[kind][case] = dice_per_class(np.zeros_like(reference), reference, values)
+                    scores[kind][case] = dice_scores(np.zeros_like(reference), reference, values)
                     continue
                 label = predictor.predict(image, geometry, targets, str(raw / "imagesTr" / props["images"][0])).label
-                scores[kind][case] = dice_per_class(label, reference, values)
+                scores[kind][case] = dice_scores(label, reference, values)
                 if kind in ("text", "unet"):
                     write_label(out / f"{case}.nii.gz", label, geometry)
             seconds[case] = time.perf_counter() - start
