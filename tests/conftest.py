@@ -69,3 +69,35 @@ def make_blob_dataset(
         "file_ending": ".nii.gz",
     }))
     return folder
+
+
+def tiny_model_folder(roots: dict[str, Path], dataset: str, variant: str = "segvol") -> Path:
+    """``results/{dataset}/{variant}__3d_lite`` with an untrained tiny fold 0 (seeded) for the raw dataset
+    ``dataset`` already under ``roots["raw"]``, planned without normalisation so that intensities stay as written
+    (for known-answer models)."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+
+    from segvolpipe.models.registry import build_model
+    from segvolpipe.models.spec import spec_from_plans
+    from segvolpipe.planning.plans import load_plans, save_plans
+    from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
+    from segvolpipe.training.checkpoint import TrainState, save_checkpoint
+    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
+
+    result = run_plan_preprocess(dataset, PlanPreprocessOptions(workers=1, progress=False, norm="none",
+                                                                plan_only=True))
+    plans = load_plans(result.folder / "plans.json")
+    small = replace(plans.configurations["3d_lite"], vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET)
+    plans = replace(plans, configurations={"3d_lite": small}, default_configuration="3d_lite")
+    folder = roots["results"] / result.folder.name / f"{variant}__3d_lite"
+    (folder / "fold_0").mkdir(parents=True)
+    save_plans(folder / "plans.json", plans)
+    shutil.copy(result.folder / "dataset.json", folder / "dataset.json")
+    spec = spec_from_plans(plans, "3d_lite", variant)
+    torch.manual_seed(0)
+    save_checkpoint(folder / "fold_0" / "checkpoint_final.pt", build_model(spec), None, TrainState(), {},
+                    spec.to_json())
+    return folder

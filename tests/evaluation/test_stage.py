@@ -7,12 +7,10 @@ import csv
 import json
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from segvolpipe.cli import app
@@ -20,7 +18,7 @@ from segvolpipe.evaluation.rotation import SEED_PROTOCOL_ANGLES
 from segvolpipe.inference import predictor as predictor_module
 from segvolpipe.inference.predictor import FoldModel
 from segvolpipe.io.nifti import Geometry, read_label, write_label, write_volume
-from tests.conftest import AXCODES, blob_case
+from tests.conftest import AXCODES, blob_case, tiny_model_folder
 from tests.inference.test_predict import LiverByIntensity
 
 runner = CliRunner()
@@ -46,29 +44,10 @@ def _write_split(folder: Path, split: str, seeds: list[int]) -> None:
 def model_folder(roots: dict[str, Path]) -> Path:
     """``results/Dataset012_Blobs/segvol__3d_lite`` with an untrained tiny fold 0 over three training cases,
     planned without normalisation (intensities stay as written for the known-answer model)."""
-    from segvolpipe.models.registry import build_model
-    from segvolpipe.models.spec import spec_from_plans
-    from segvolpipe.planning.plans import load_plans, save_plans
-    from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
-    from segvolpipe.training.checkpoint import TrainState, save_checkpoint
-    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
-
     raw = roots["raw"] / "Dataset012_Blobs"
     _write_split(raw, "Tr", [0, 1, 2])
     (raw / "dataset.json").write_text(json.dumps(DATASET_JSON))
-    result = run_plan_preprocess("12", PlanPreprocessOptions(workers=1, progress=False, norm="none", plan_only=True))
-    plans = load_plans(result.folder / "plans.json")
-    small = replace(plans.configurations["3d_lite"], vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET)
-    plans = replace(plans, configurations={"3d_lite": small}, default_configuration="3d_lite")
-    folder = roots["results"] / "Dataset012_Blobs" / "segvol__3d_lite"
-    (folder / "fold_0").mkdir(parents=True)
-    save_plans(folder / "plans.json", plans)
-    shutil.copy(result.folder / "dataset.json", folder / "dataset.json")
-    spec = spec_from_plans(plans, "3d_lite", "segvol")
-    torch.manual_seed(0)
-    save_checkpoint(folder / "fold_0" / "checkpoint_final.pt", build_model(spec), None, TrainState(), {},
-                    spec.to_json())
-    return folder
+    return tiny_model_folder(roots, "12")
 
 
 @pytest.fixture()

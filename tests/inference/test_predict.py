@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +19,7 @@ from segvolpipe.inference import predictor as predictor_module
 from segvolpipe.inference.predictor import FoldModel, Predictor
 from segvolpipe.inference.prompts import UserPrompt, canonical_to_preprocessed, locate, to_canonical
 from segvolpipe.io.nifti import Geometry, read_image, read_label, write_volume
-from tests.conftest import blob_case, make_blob_dataset
+from tests.conftest import blob_case, make_blob_dataset, tiny_model_folder
 
 runner = CliRunner()
 
@@ -53,29 +52,8 @@ class LiverByIntensity(nn.Module):
 def model_folder(roots: dict[str, Path]) -> Path:
     """A results folder with an (untrained) tiny segvol fold 0 over a blob dataset preprocessed without
     normalisation (so that intensities stay in HU for the known-answer model)."""
-    from segvolpipe.models.registry import build_model
-    from segvolpipe.models.spec import spec_from_plans
-    from segvolpipe.planning.plans import load_plans, save_plans
-    from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
-    from segvolpipe.training.checkpoint import TrainState, save_checkpoint
-    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
-
     make_blob_dataset(roots["raw"], 12, n=4, shape=(16, 32, 28))
-    result = run_plan_preprocess("12", PlanPreprocessOptions(workers=1, progress=False, norm="none",
-                                                             plan_only=True))
-    plans = load_plans(result.folder / "plans.json")
-    conf = plans.configurations["3d_lite"]
-    small = replace(conf, vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET)
-    plans = replace(plans, configurations={"3d_lite": small}, default_configuration="3d_lite")
-    folder = roots["results"] / "Dataset012_Blobs" / "segvol__3d_lite"
-    (folder / "fold_0").mkdir(parents=True)
-    save_plans(folder / "plans.json", plans)
-    shutil.copy(result.folder / "dataset.json", folder / "dataset.json")
-    spec = spec_from_plans(plans, "3d_lite", "segvol")
-    torch.manual_seed(0)
-    save_checkpoint(folder / "fold_0" / "checkpoint_final.pt", build_model(spec), None, TrainState(), {},
-                    spec.to_json())
-    return folder
+    return tiny_model_folder(roots, "12")
 
 
 @pytest.fixture()
