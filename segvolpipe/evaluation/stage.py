@@ -39,8 +39,9 @@ from segvolpipe.evaluation.metrics import (
 )
 from segvolpipe.evaluation.robustness import PROMPTS, RotationCase, RotationSettings, run_rotation
 from segvolpipe.evaluation.rotation import SEED_PROTOCOL_ANGLES
-from segvolpipe.io.atomic import read_json
+from segvolpipe.io.atomic import read_json, remove_stale_temporaries
 from segvolpipe.io.dataset import DatasetSpec, RawCase, discover_cases, load_dataset_spec
+from segvolpipe.io.lock import stage_lock
 from segvolpipe.io.nifti import read_image, read_label, strip_nifti_suffix
 from segvolpipe.log import logger
 from segvolpipe.parallel import default_workers, map_cases
@@ -196,40 +197,45 @@ def evaluate_model(options: EvaluateOptions) -> EvaluateResult:
         raise UserError("raw dataset not found: its reference labels are needed to evaluate the model", raw)
     out = folder / EVALUATION
     out.mkdir(parents=True, exist_ok=True)
-    labels = {value: name for name, value in spec.labels}
-    tested = _test_cases(folder, raw, spec, options)
-    if tested is not None:
-        source, (cases, failures, predictions) = "test", tested
-    else:
-        source, (cases, failures), predictions = "cross-validation", _validation_cases(folder, raw, spec), None
-    if not cases and not failures:
-        raise UserError(f"nothing to evaluate: no imagesTs/labelsTs in {raw} and no cross-validation predictions "
-                        "(fold_k/validation/*.nii.gz): train with validation folds or add a test split", folder)
-    results, score_failures = _score(cases, labels, options)
-    failures = sorted(failures + score_failures, key=lambda f: f["case"])
-    summary = summarise(results, labels, nsd_mm=options.nsd_mm)
-    summary.update(source=source, model=str(folder),
-                   predictions=str(predictions) if predictions else sorted({str(c.prediction.parent) for c in cases}),
-                   failures=failures)
-    result = EvaluateResult(source, out, summary, failures, folder, files=_write_summaries(out, summary))
-    if predictions:
-        result.files.append(predictions)
-    scored = {r.case for r in results}
-    by_name = {c.case: c for c in cases if c.case in scored}
-    result.files += _write_figures(out, summary, [by_name[c] for c in sorted(by_name)][: options.overlays], folder)
-    if options.rotate and by_name:
-        chosen = [by_name[c] for c in sorted(by_name)][: options.cases]
-        rotation_cases = [RotationCase(c.case, c.images, c.reference, c.fold,
-                                       c.prediction if source == "test" else None) for c in chosen]
-        settings = RotationSettings(options.angles, options.prompt, options.mode, options.sweep)
-        result.rotation = run_rotation(folder, rotation_cases, settings, out, source, options.device,
-                                       options.overwrite, options.progress)
-        result.failures += [{"case": f["case"], "file": "", "error": f"rotation test: {f['error']}"}
-                            for f in result.rotation["failures"]]
-        result.files += [out / "rotation.json", out / "rotation_bars.png"]
-        if options.sweep:
-            result.files.append(out / "dice_vs_angle.png")
-    return result
+    with stage_lock(out, "evaluate"):
+        remove_stale_temporaries(out)  # what a killed run was writing
+        labels = {value: name for name, value in spec.labels}
+        tested = _test_cases(folder, raw, spec, options)
+        if tested is not None:
+            source, (cases, failures, predictions) = "test", tested
+        else:
+            source, (cases, failures), predictions = "cross-validation", _validation_cases(folder, raw, spec), None
+        if not cases and not failures:
+            raise UserError(f"nothing to evaluate: no imagesTs/labelsTs in {raw} and no cross-validation "
+                            "predictions (fold_k/validation/*.nii.gz): train with validation folds or add a test "
+                            "split", folder)
+        results, score_failures = _score(cases, labels, options)
+        failures = sorted(failures + score_failures, key=lambda f: f["case"])
+        summary = summarise(results, labels, nsd_mm=options.nsd_mm)
+        summary.update(source=source, model=str(folder),
+                       predictions=str(predictions) if predictions
+                       else sorted({str(c.prediction.parent) for c in cases}),
+                       failures=failures)
+        result = EvaluateResult(source, out, summary, failures, folder, files=_write_summaries(out, summary))
+        if predictions:
+            result.files.append(predictions)
+        scored = {r.case for r in results}
+        by_name = {c.case: c for c in cases if c.case in scored}
+        overlays = [by_name[c] for c in sorted(by_name)][: options.overlays]
+        result.files += _write_figures(out, summary, overlays, folder)
+        if options.rotate and by_name:
+            chosen = [by_name[c] for c in sorted(by_name)][: options.cases]
+            rotation_cases = [RotationCase(c.case, c.images, c.reference, c.fold,
+                                           c.prediction if source == "test" else None) for c in chosen]
+            settings = RotationSettings(options.angles, options.prompt, options.mode, options.sweep)
+            result.rotation = run_rotation(folder, rotation_cases, settings, out, source, options.device,
+                                           options.overwrite, options.progress)
+            result.failures += [{"case": f["case"], "file": "", "error": f"rotation test: {f['error']}"}
+                                for f in result.rotation["failures"]]
+            result.files += [out / "rotation.json", out / "rotation_bars.png"]
+            if options.sweep:
+                result.files.append(out / "dice_vs_angle.png")
+        return result
 
 
 def _test_cases(folder: Path, raw: Path, spec: DatasetSpec,

@@ -22,7 +22,8 @@ import numpy as np
 from segvolpipe.errors import UserError
 from segvolpipe.inference.predictor import Predictor, Target, resolve_model_folder, volumes_ml
 from segvolpipe.inference.prompts import UserPrompt
-from segvolpipe.io.atomic import atomic_path, read_json, write_json
+from segvolpipe.io.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
+from segvolpipe.io.lock import stage_lock
 from segvolpipe.io.nifti import read_image, strip_nifti_suffix, write_label
 from segvolpipe.log import logger
 from segvolpipe.parallel import map_cases
@@ -79,7 +80,8 @@ def discover_inputs(path: Path, channels: int) -> tuple[list[InputCase], dict[st
     """Cases of a folder (or one file) and, per case that cannot be used, why."""
     if not path.exists():
         raise UserError("no such file or folder", path)
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    # dot-files are never inputs: locks, atomic writes' temporary names
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file() and p.name[0] != ".")
     grouped: dict[str, dict[int, Path]] = {}
     plain: dict[str, Path] = {}
     for f in files:
@@ -194,6 +196,8 @@ def _check_writable(output: Path) -> None:
         (output / ".write-test").unlink()
     except PermissionError:
         raise UserError("the output folder is not writable", output) from None
+    except OSError as exc:  # a file in the way (FileExistsError, NotADirectoryError), a read-only file system ...
+        raise UserError(f"the output folder cannot be created or written ({exc.strerror or exc})", output) from None
 
 
 def run_predict(source: Path, output: Path, options: PredictOptions) -> PredictResult:
@@ -206,42 +210,45 @@ def run_predict(source: Path, output: Path, options: PredictOptions) -> PredictR
     for case in cases:
         if any(p.resolve() == (output / f"{case.case}.nii.gz").resolve() for p in case.images):
             raise UserError(f"the prediction of {case.case} would overwrite its input: choose another -o", output)
-    settings = _settings(predictor, options)
-    record_path = output / RECORD
-    previous: dict[str, Any] = {}
-    if record_path.is_file() and not options.overwrite:
-        try:
-            previous = read_json(record_path)
-        except Exception:  # noqa: BLE001 - a damaged record only means nothing is skipped
-            previous = {}
-    done_before = previous.get("cases", {}) if previous.get("settings", {}).get("key") == settings["key"] else {}
-    result = PredictResult(folder, output, settings)
-    todo = []
-    for case in cases:
-        old = done_before.get(case.case)
-        if old and old.get("status") == "done" and all((output / f).is_file() for f in old.get("files", [])):
-            result.cases[case.case] = old
-            result.skipped.add(case.case)
-        else:
-            todo.append(_Job(case, output, folder, options))
-    for case, error in failures.items():
-        result.cases[case] = {"status": "failed", "error": error}
-        logger.error("%s", error)
-    skipped = len(cases) - len(todo)
-    if skipped:
-        logger.info("%d case(s) already predicted with these settings in %s (--overwrite redoes them)", skipped, output)
+    with stage_lock(output, "predict"):
+        remove_stale_temporaries(output, recursive=False)  # what a killed run was writing
+        settings = _settings(predictor, options)
+        record_path = output / RECORD
+        previous: dict[str, Any] = {}
+        if record_path.is_file() and not options.overwrite:
+            try:
+                previous = read_json(record_path)
+            except Exception:  # noqa: BLE001 - a damaged record only means nothing is skipped
+                previous = {}
+        done_before = previous.get("cases", {}) if previous.get("settings", {}).get("key") == settings["key"] else {}
+        result = PredictResult(folder, output, settings)
+        todo = []
+        for case in cases:
+            old = done_before.get(case.case)
+            if old and old.get("status") == "done" and all((output / f).is_file() for f in old.get("files", [])):
+                result.cases[case.case] = old
+                result.skipped.add(case.case)
+            else:
+                todo.append(_Job(case, output, folder, options))
+        for case, error in failures.items():
+            result.cases[case] = {"status": "failed", "error": error}
+            logger.error("%s", error)
+        skipped = len(cases) - len(todo)
+        if skipped:
+            logger.info("%d case(s) already predicted with these settings in %s (--overwrite redoes them)", skipped,
+                        output)
 
-    def save() -> None:
-        write_json(record_path, {"settings": settings, "cases": dict(sorted(result.cases.items()))})
+        def save() -> None:
+            write_json(record_path, {"settings": settings, "cases": dict(sorted(result.cases.items()))})
 
-    save()
-    for outcome in map_cases(predict_one, todo, options.workers, "predicting", options.progress):
-        case = outcome.item.case.case
-        if outcome.error is not None:
-            result.cases[case] = {"status": "failed", "images": [p.name for p in outcome.item.case.images],
-                                  "error": outcome.error}
-            logger.error("%s", outcome.error)
-        else:
-            result.cases[case] = outcome.value  # type: ignore[assignment]
         save()
-    return result
+        for outcome in map_cases(predict_one, todo, options.workers, "predicting", options.progress):
+            case = outcome.item.case.case
+            if outcome.error is not None:
+                result.cases[case] = {"status": "failed", "images": [p.name for p in outcome.item.case.images],
+                                      "error": outcome.error}
+                logger.error("%s", outcome.error)
+            else:
+                result.cases[case] = outcome.value  # type: ignore[assignment]
+            save()
+        return result

@@ -1,12 +1,18 @@
 """Atomic writes: every file is written under a temporary name in its folder, then renamed.
 
-An interrupted stage therefore never leaves a half-written file under a final name.
+An interrupted stage therefore never leaves a half-written file under a final name. A writer killed outright
+(SIGKILL, power loss) leaves its temporary file behind: ``.{name}.{pid}@{host}-XXXXXXXX.tmp[suffix]``, where
+``host`` is a short hash of the host name. :func:`remove_stale_temporaries`, called by each stage on the
+folders it holds the lock of, removes those whose writer no longer runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import socket
 import sys
 import tempfile
 import time
@@ -18,6 +24,20 @@ from typing import IO, Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+# a temporary file nobody has modified for this long is abandoned, whoever wrote it (writes take seconds)
+ABANDONED_TMP_S = 3600.0
+_TMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)@(?P<host>[0-9a-f]{6})-[a-z0-9_]{8}\.tmp(?:\.[^/]*)?$")
+_LIVE: set[Path] = set()  # this process's open temporary files
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -30,15 +50,65 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}@{_host_tag()}-", suffix=f".tmp{suffix}",
+                               dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    live = Path(os.path.abspath(tmp_path))
+    _LIVE.add(live)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes owner-only files; a result gets the usual umask-based mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
     finally:
+        _LIVE.discard(live)
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` left in ``folder`` by writers that no longer run.
+
+    A temporary file is stale when its writer ran on this host and that process is gone (or is this process
+    but the file is not one of its open ones: an earlier process had this pid, as happens in containers), or,
+    on any host, when nobody has modified it for :data:`ABANDONED_TMP_S`. Other files (other programs'
+    temporaries included) are never touched. Call it on a folder whose stage lock is held, so no process of
+    another host writes there.
+
+    Returns:
+        The removed files.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, removed = _host_tag(), []
+    for path in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
+        m = _TMP_NAME.match(path.name)
+        if m is None or Path(os.path.abspath(path)) in _LIVE or not path.is_file():
+            continue
+        try:
+            idle = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        dead = m["host"] == host and not _running(int(m["pid"]))
+        if dead or idle > ABANDONED_TMP_S:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (this process counts only for its open files, checked above)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone; or a pid beyond this system's range
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def atomic_write(final: str | Path, writer: Callable[[IO[bytes]], None]) -> None:

@@ -22,8 +22,9 @@ from segvolpipe.fingerprint import (
     raw_input_hash,
     save_fingerprint,
 )
-from segvolpipe.io.atomic import atomic_path, read_json, write_json
+from segvolpipe.io.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from segvolpipe.io.dataset import DatasetSpec, RawCase, load_training_cases
+from segvolpipe.io.lock import stage_lock
 from segvolpipe.log import logger
 from segvolpipe.parallel import default_workers, map_cases
 from segvolpipe.paths import preprocessed_root, raw_root, resolve_dataset
@@ -141,55 +142,57 @@ def run_plan_preprocess(dataset: str | int | None, opts: PlanPreprocessOptions) 
     spec, cases = load_training_cases(raw_folder, headers=False)  # the fingerprint pass checks every file
     seconds["check"] = time.perf_counter() - t0
     out = preprocessed_root() / name
-    t0 = time.perf_counter()
-    fp, fp_reused = _fingerprint(name, spec, cases, out, opts)
-    _copy_dataset_json(raw_folder, out)
-    seconds["fingerprint"] = time.perf_counter() - t0
-    if opts.fingerprint_only:
-        return PlanPreprocessResult(name, out, (), 0, 0, 0, (), fp_reused, False, seconds)
-    t0 = time.perf_counter()
-    plans, plans_reused = _plans(name, spec, fp, out, opts)
-    _splits(cases, out, opts.overwrite)
-    seconds["planning"] = time.perf_counter() - t0
-    if opts.plan_only:
-        return PlanPreprocessResult(name, out, (), 0, 0, 0, (), fp_reused, plans_reused, seconds, plans)
-    configs = opts.configurations or tuple(plans.configurations)
-    for c in configs:
-        plans.configuration(c)  # unknown names → UserError with the choices
-    t0 = time.perf_counter()
-    counts = {"done": 0, "skipped": 0, "linked": 0}
-    failed: list[tuple[str, str]] = []
-    finished_by_key: dict[str, Path] = {}
-    report: dict[str, dict[str, str]] = {}
-    for c in configs:
-        conf = plans.configuration(c)
-        settings = PreprocessSettings(conf.target_spacing, plans.normalization, conf.image_order, conf.label_order)
-        folder = out / c
-        folder.mkdir(parents=True, exist_ok=True)
-        report[c] = {}
-        twin = finished_by_key.get(settings.key())
-        if twin is not None:
-            ok = [cid for cid, status in report[twin.name].items() if status in ("done", "skipped", "linked")]
-            for cid in ok:
-                _link_case(twin, folder, cid)
-                report[c][cid] = "linked"
-            counts["linked"] += len(ok)
-            logger.info("%s: same preprocessing as %s, %d case(s) hard-linked", c, twin.name, len(ok))
-            continue
-        jobs = [CaseJob(case, folder, settings, spec.label_ids, opts.overwrite) for case in cases]
-        for outcome in map_cases(preprocess_case, jobs, opts.workers, f"preprocess {c}", opts.progress):
-            cid = outcome.item.case.case_id
-            if outcome.error:
-                failed.append((cid, outcome.error))
-                report[c][cid] = f"failed: {outcome.error}"
+    with stage_lock(out, "plan-preprocess"):  # after the integrity check: nothing is written when it fails
+        remove_stale_temporaries(out)  # what a killed run was writing
+        t0 = time.perf_counter()
+        fp, fp_reused = _fingerprint(name, spec, cases, out, opts)
+        _copy_dataset_json(raw_folder, out)
+        seconds["fingerprint"] = time.perf_counter() - t0
+        if opts.fingerprint_only:
+            return PlanPreprocessResult(name, out, (), 0, 0, 0, (), fp_reused, False, seconds)
+        t0 = time.perf_counter()
+        plans, plans_reused = _plans(name, spec, fp, out, opts)
+        _splits(cases, out, opts.overwrite)
+        seconds["planning"] = time.perf_counter() - t0
+        if opts.plan_only:
+            return PlanPreprocessResult(name, out, (), 0, 0, 0, (), fp_reused, plans_reused, seconds, plans)
+        configs = opts.configurations or tuple(plans.configurations)
+        for c in configs:
+            plans.configuration(c)  # unknown names → UserError with the choices
+        t0 = time.perf_counter()
+        counts = {"done": 0, "skipped": 0, "linked": 0}
+        failed: list[tuple[str, str]] = []
+        finished_by_key: dict[str, Path] = {}
+        report: dict[str, dict[str, str]] = {}
+        for c in configs:
+            conf = plans.configuration(c)
+            settings = PreprocessSettings(conf.target_spacing, plans.normalization, conf.image_order, conf.label_order)
+            folder = out / c
+            folder.mkdir(parents=True, exist_ok=True)
+            report[c] = {}
+            twin = finished_by_key.get(settings.key())
+            if twin is not None:
+                ok = [cid for cid, status in report[twin.name].items() if status in ("done", "skipped", "linked")]
+                for cid in ok:
+                    _link_case(twin, folder, cid)
+                    report[c][cid] = "linked"
+                counts["linked"] += len(ok)
+                logger.info("%s: same preprocessing as %s, %d case(s) hard-linked", c, twin.name, len(ok))
                 continue
-            assert outcome.value is not None
-            key = "skipped" if outcome.value["skipped"] else "done"
-            counts[key] += 1
-            report[c][cid] = key
-        finished_by_key[settings.key()] = folder
-    seconds["preprocessing"] = time.perf_counter() - t0
-    write_json(out / "preprocess_report.json", {"configurations": report, "failed": [list(f) for f in failed],
-                                                "seconds": seconds})
-    return PlanPreprocessResult(name, out, tuple(configs), counts["done"], counts["skipped"], counts["linked"],
-                                tuple(failed), fp_reused, plans_reused, seconds, plans)
+            jobs = [CaseJob(case, folder, settings, spec.label_ids, opts.overwrite) for case in cases]
+            for outcome in map_cases(preprocess_case, jobs, opts.workers, f"preprocess {c}", opts.progress):
+                cid = outcome.item.case.case_id
+                if outcome.error:
+                    failed.append((cid, outcome.error))
+                    report[c][cid] = f"failed: {outcome.error}"
+                    continue
+                assert outcome.value is not None
+                key = "skipped" if outcome.value["skipped"] else "done"
+                counts[key] += 1
+                report[c][cid] = key
+            finished_by_key[settings.key()] = folder
+        seconds["preprocessing"] = time.perf_counter() - t0
+        write_json(out / "preprocess_report.json", {"configurations": report, "failed": [list(f) for f in failed],
+                                                    "seconds": seconds})
+        return PlanPreprocessResult(name, out, tuple(configs), counts["done"], counts["skipped"], counts["linked"],
+                                    tuple(failed), fp_reused, plans_reused, seconds, plans)

@@ -10,7 +10,8 @@ import numpy as np
 
 from segvolpipe.errors import UserError
 from segvolpipe.fingerprint import load_fingerprint
-from segvolpipe.io.atomic import write_json
+from segvolpipe.io.atomic import remove_stale_temporaries, write_json
+from segvolpipe.io.lock import stage_lock
 from segvolpipe.log import logger
 from segvolpipe.parallel import default_workers, map_cases
 from segvolpipe.paths import list_datasets, preprocessed_root, resolve_dataset
@@ -82,53 +83,55 @@ def _run_one(name: str, options: PseudomaskOptions) -> PseudomaskResult:
     case_ids = [c["case_id"] for c in load_fingerprint(folder / "fingerprint.json").cases]
     out_dir = folder / "pseudomasks" / conf.name
     class_ids = tuple(i for _, i in plans.labels if i != 0)
-    jobs = [PseudomaskJob(cid, data_dir, out_dir, options.settings, class_ids, options.qc, options.overwrite) for cid in case_ids]
-    summaries: dict[str, dict] = {}
-    failed: list[tuple[str, str]] = []
-    for outcome in map_cases(pseudomask_case, jobs, options.workers, f"pseudomask {name}", options.progress):
-        if outcome.error:
-            failed.append((outcome.item.case_id, outcome.error))
-        else:
-            assert outcome.value is not None
-            summaries[outcome.item.case_id] = outcome.value
-    failed.sort()
-    names = plans.label_names
-    per_class = {
-        names[c]: [s["best_match_dice"][str(c)] for s in summaries.values() if str(c) in s["best_match_dice"]]
-        for c in class_ids
-    }
-    class_dice = {k: float(np.mean(v)) for k, v in per_class.items() if v}
-    before = {
-        names[c]: float(np.mean(v))
-        for c in class_ids
-        if (v := [s["best_match_dice_before_cleaning"][str(c)] for s in summaries.values() if str(c) in s["best_match_dice_before_cleaning"]])
-    }
-    ordered = [summaries[c] for c in case_ids if c in summaries]
-    result = PseudomaskResult(
-        dataset=name,
-        configuration=conf.name,
-        folder=out_dir,
-        done=sum(not s["skipped"] for s in ordered),
-        skipped=sum(s["skipped"] for s in ordered),
-        failed=tuple(failed),
-        class_dice=class_dice,
-        class_dice_before_cleaning=before,
-        mean_regions=float(np.mean([s["regions_kept"] for s in ordered])) if ordered else 0.0,
-        mean_coverage=float(np.mean([s["coverage"] for s in ordered])) if ordered else 0.0,
-        seconds=time.perf_counter() - t0,
-    )
-    write_json(out_dir / "report.json", {
-        "dataset": name,
-        "configuration": conf.name,
-        "settings": asdict(options.settings),
-        "ground_truth_ids": {names[c]: c for c in class_ids},
-        "pseudo_ids_start_at": max(class_ids, default=0) + 1,
-        "best_match_dice_mean": class_dice,
-        "best_match_dice_per_class": per_class,
-        "best_match_dice_mean_before_cleaning": before,
-        "mean_regions": result.mean_regions,
-        "mean_coverage": result.mean_coverage,
-        "cases": [{k: v for k, v in s.items() if k != "skipped"} for s in ordered],
-        "failed": [list(f) for f in failed],
-    })
-    return result
+    with stage_lock(out_dir, "pseudomask"):
+        remove_stale_temporaries(out_dir)  # what a killed run was writing
+        jobs = [PseudomaskJob(cid, data_dir, out_dir, options.settings, class_ids, options.qc, options.overwrite) for cid in case_ids]
+        summaries: dict[str, dict] = {}
+        failed: list[tuple[str, str]] = []
+        for outcome in map_cases(pseudomask_case, jobs, options.workers, f"pseudomask {name}", options.progress):
+            if outcome.error:
+                failed.append((outcome.item.case_id, outcome.error))
+            else:
+                assert outcome.value is not None
+                summaries[outcome.item.case_id] = outcome.value
+        failed.sort()
+        names = plans.label_names
+        per_class = {
+            names[c]: [s["best_match_dice"][str(c)] for s in summaries.values() if str(c) in s["best_match_dice"]]
+            for c in class_ids
+        }
+        class_dice = {k: float(np.mean(v)) for k, v in per_class.items() if v}
+        before = {
+            names[c]: float(np.mean(v))
+            for c in class_ids
+            if (v := [s["best_match_dice_before_cleaning"][str(c)] for s in summaries.values() if str(c) in s["best_match_dice_before_cleaning"]])
+        }
+        ordered = [summaries[c] for c in case_ids if c in summaries]
+        result = PseudomaskResult(
+            dataset=name,
+            configuration=conf.name,
+            folder=out_dir,
+            done=sum(not s["skipped"] for s in ordered),
+            skipped=sum(s["skipped"] for s in ordered),
+            failed=tuple(failed),
+            class_dice=class_dice,
+            class_dice_before_cleaning=before,
+            mean_regions=float(np.mean([s["regions_kept"] for s in ordered])) if ordered else 0.0,
+            mean_coverage=float(np.mean([s["coverage"] for s in ordered])) if ordered else 0.0,
+            seconds=time.perf_counter() - t0,
+        )
+        write_json(out_dir / "report.json", {
+            "dataset": name,
+            "configuration": conf.name,
+            "settings": asdict(options.settings),
+            "ground_truth_ids": {names[c]: c for c in class_ids},
+            "pseudo_ids_start_at": max(class_ids, default=0) + 1,
+            "best_match_dice_mean": class_dice,
+            "best_match_dice_per_class": per_class,
+            "best_match_dice_mean_before_cleaning": before,
+            "mean_regions": result.mean_regions,
+            "mean_coverage": result.mean_coverage,
+            "cases": [{k: v for k, v in s.items() if k != "skipped"} for s in ordered],
+            "failed": [list(f) for f in failed],
+        })
+        return result

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from segvolpipe.errors import UserError
-from segvolpipe.io.atomic import atomic_path, read_json, write_json
+from segvolpipe.io.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
+from segvolpipe.io.lock import stage_lock
 from segvolpipe.log import logger
 from segvolpipe.models.registry import build_model, check_variant
 from segvolpipe.models.spec import CT, ModelSpec, spec_from_plans
@@ -207,33 +208,42 @@ def is_trained(dataset: str | None, options: TrainOptions) -> bool:
 
 
 def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path) -> FoldResult:
-    """One fold, in this process or, with ``gpus > 1``, in ``gpus`` processes (torch.distributed)."""
+    """One fold, in this process or, with ``gpus > 1``, in ``gpus`` processes (torch.distributed).
+
+    Rank 0 (the only process under ``--gpus N``) holds ``{folder.parent}/.train_{folder.name}.lock`` for the whole
+    run; torchrun's other ranks take no lock."""
     files = FoldFiles(folder)
     if launcher_rank() != 0:  # torchrun's other ranks: rank 0 prepares the folder, they only train
         from segvolpipe.training.distributed import launch
 
         return launch(config, options, pre, folder)
-    if not options.overwrite and not options.resume and _trained(config, files):
-        logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold, folder)
-        return FoldResult(config.fold, folder, "skipped")
-    if options.overwrite and folder.exists():
-        shutil.rmtree(folder)
-    if files.latest.exists() and not options.resume and not options.overwrite:
-        raise UserError("a run exists here: --resume continues it, --overwrite starts again", folder)
-    if options.resume and not files.latest.exists():
-        raise UserError("nothing to resume (no checkpoint_latest.pt)", folder)
-    if options.resume:
-        stored = TrainConfig.from_json(read_json(files.config))
-        changed = config.resumable_from(stored)
-        if changed:
-            raise UserError(f"--resume with other settings than the stored run ({', '.join(changed)})", files.config)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(files.config, config.to_json())
-    from segvolpipe.training.distributed import launch, under_torchrun
+    # in the parent folder: --overwrite removes the fold folder; held through a --gpus N launch (its processes
+    # never come here)
+    with stage_lock(folder.parent, "train", scope=folder.name):
+        remove_stale_temporaries(folder)  # what a killed run was writing
+        if not options.overwrite and not options.resume and _trained(config, files):
+            logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold,
+                        folder)
+            return FoldResult(config.fold, folder, "skipped")
+        if options.overwrite and folder.exists():
+            shutil.rmtree(folder)
+        if files.latest.exists() and not options.resume and not options.overwrite:
+            raise UserError("a run exists here: --resume continues it, --overwrite starts again", folder)
+        if options.resume and not files.latest.exists():
+            raise UserError("nothing to resume (no checkpoint_latest.pt)", folder)
+        if options.resume:
+            stored = TrainConfig.from_json(read_json(files.config))
+            changed = config.resumable_from(stored)
+            if changed:
+                raise UserError(f"--resume with other settings than the stored run ({', '.join(changed)})",
+                                files.config)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(files.config, config.to_json())
+        from segvolpipe.training.distributed import launch, under_torchrun
 
-    if config.gpus > 1 or under_torchrun():
-        return launch(config, options, pre, folder)
-    return run_fold_process(config, options, pre, folder, Distributed())
+        if config.gpus > 1 or under_torchrun():
+            return launch(config, options, pre, folder)
+        return run_fold_process(config, options, pre, folder, Distributed())
 
 
 def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path,

@@ -119,6 +119,18 @@ class Trainer:
         if self.config.time_budget_s is None:  # --epochs may have changed on resume: the schedule follows
             self.state.total_steps = self.config.epochs * self.config.iters_per_epoch
         set_rng_state(payload["rng"])
+        if self.dist.is_main:
+            self._drop_log_from(self.state.epoch)
+
+    def _drop_log_from(self, epoch: int) -> None:
+        """Remove log lines of epochs ``epoch`` and later: a run killed between logging an epoch and saving its
+        checkpoint wrote them, and the resumed run redoes those epochs."""
+        if not self.files.log.exists():
+            return
+        lines = self.files.log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _log_epoch(line) < epoch]
+        if len(kept) != len(lines):
+            atomic_write(self.files.log, lambda fh: fh.write("".join(kept).encode()))
 
     def _save(self, path: Path) -> None:
         if self.dist.is_main:
@@ -269,16 +281,27 @@ class Trainer:
             state.best_ema_dice, state.best_epoch = state.ema_dice, record.epoch
         if not self.dist.is_main:
             return
+        # for a run killed in between: the log line first (a resumed run drops the lines of epochs it redoes), then
+        # the best checkpoint, then the latest, so checkpoint_latest.pt never lacks the best epoch it records
         self._log(asdict(record))
-        self._save(self.files.latest)
         if improved or state.best_ema_dice is None:
             self._save(self.files.best)
+        self._save(self.files.latest)
         from segvolpipe.training.plots import plot_progress
 
         plot_progress(self.files.log, self.files.progress)
         logger.info("epoch %d: loss %.4f, val Dice %s (box+text %s), EMA %s, lr %.2e, %.1f s",
                     record.epoch, record.train_loss, _fmt(record.val_dice), _fmt(record.val_dice_box),
                     _fmt(record.ema_dice), record.lr, record.epoch_s)
+
+
+def _log_epoch(line: str) -> float:
+    """The epoch of one training-log line; -inf for lines of no epoch (e.g. the DDP check), which are kept."""
+    try:
+        epoch = json.loads(line).get("epoch")
+    except (ValueError, AttributeError):
+        return -math.inf
+    return epoch if isinstance(epoch, int) else -math.inf
 
 
 def _peak_mib(device: torch.device) -> float:
