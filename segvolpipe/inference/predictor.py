@@ -29,6 +29,7 @@ from segvolpipe.inference.windows import TargetPrompt
 from segvolpipe.inference.zoom import zoom_out_zoom_in
 from segvolpipe.io.nifti import Geometry
 from segvolpipe.log import logger
+from segvolpipe.models.registry import VARIANTS
 from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_name
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
@@ -71,7 +72,7 @@ def resolve_model_folder(dataset: str | None = None, model: str | None = None, c
                             "{variant}__{configuration})", folder)
         return folder
     root = results_root()
-    candidates = trained_models(root)
+    candidates = trained = trained_models(root)
     if dataset is not None:
         name = resolve_dataset(dataset, root)
         candidates = [c for c in candidates if c.parent.name == name]
@@ -80,8 +81,11 @@ def resolve_model_folder(dataset: str | None = None, model: str | None = None, c
     if variant is not None:
         candidates = [c for c in candidates if c.name.split("__", 1)[0] == variant]
     if not candidates:
-        where = f" for {dataset}" if dataset is not None else ""
-        raise UserError(f"no trained model{where} (with these options) under {root}: run 'segvol train' first")
+        asked = ", ".join(f"{flag} {value}" for flag, value in (("-d", dataset), ("-c", configuration),
+                                                                ("--variant", variant)) if value is not None)
+        listing = ", ".join(str(c.relative_to(root)) for c in trained) or "none"
+        raise UserError(f"no trained model{f' for {asked}' if asked else ''} (trained: {listing}): "
+                        "run 'segvol train' first", root)
     if len(candidates) > 1:
         listing = ", ".join(str(c.relative_to(root)) for c in candidates)
         raise UserError(f"several trained models ({listing}): choose one with -m FOLDER, or -d/-c/--variant")
@@ -132,6 +136,19 @@ def load_fold_models(folder: Path, folds: Sequence[str] | None, checkpoint: str,
     return spec, out
 
 
+def _check_fits_folder(folder: Path, plans: Plans, spec: ModelSpec, path: Path) -> None:
+    """A checkpoint of another configuration or variant than its folder's (a file copied into the wrong
+    ``{variant}__{configuration}`` folder) is refused by name instead of predicting with other settings; a folder
+    renamed to anything else is not judged by its name."""
+    made_for = f"{spec.variant}__{spec.configuration}"
+    if spec.configuration not in plans.configurations:
+        raise UserError(f"checkpoint was made for configuration {spec.configuration!r}, which the folder's plans.json "
+                        f"does not have ({', '.join(plans.configurations)})", path)
+    variant, _, configuration = folder.name.partition("__")
+    if variant in VARIANTS and configuration in plans.configurations and folder.name != made_for:
+        raise UserError(f"checkpoint was made for {made_for} but lies in {folder.name}", path)
+
+
 @dataclass(frozen=True)
 class Target:
     """One output of a case: the value written in the label map, its name, and the prompt for the model."""
@@ -165,6 +182,7 @@ class Predictor:
         plans = load_plans(folder / "plans.json")
         torch_device = torch.device(resolve_device(device))
         spec, models = load_fold_models(folder, folds, checkpoint, torch_device)
+        _check_fits_folder(folder, plans, spec, models[0].path)
         self._configure(folder, plans, spec, models, mode, tta, step, torch_device)
 
     @classmethod

@@ -72,7 +72,8 @@ class DatasetSpec:
             if key not in data:
                 problems.append(UserError(f"missing key {key!r}", path))
             elif not isinstance(data[key], typ) or (typ is int and isinstance(data[key], bool)):
-                problems.append(UserError(f"{key!r} must be a {typ.__name__}, got {type(data[key]).__name__}", path))
+                kind = {"dict": "an object", "int": "an integer", "str": "a string"}[typ.__name__]
+                problems.append(UserError(f"{key!r} must be {kind}, got {type(data[key]).__name__}", path))
         if problems:
             raise Problems(f"{path}: invalid dataset.json", problems)
         channels = _parse_channels(data["channel_names"], path, problems)
@@ -145,8 +146,9 @@ def discover_cases(
     Returns:
         ``(complete cases, problems, number of distinct case ids among the image files)``.
 
-    Problems: files that are not ``{case}_{XXXX}{ending}``, channel indices outside ``channel_names``,
-    missing channels, images without a label (when ``require_labels``), labels without images.
+    Problems: files that are not ``{case}_{XXXX}{ending}``, symbolic links to nothing, channel indices outside
+    ``channel_names``, missing channels, images without a label (when ``require_labels``), labels without images.
+    A link to an existing file anywhere is followed like a file (raw data is often linked in, not copied).
     """
     problems: list[UserError] = []
     ending = spec.file_ending
@@ -154,11 +156,15 @@ def discover_cases(
     image_dir, label_dir = folder / f"images{split}", folder / f"labels{split}"
     pattern = re.compile(rf"^(?P<case>.+)_(?P<ch>\d{{4}}){re.escape(ending)}$")
     channels: dict[str, dict[int, Path]] = defaultdict(dict)
+    broken: set[str] = set()  # cases with a dangling image link: reported once, not again as missing files
     if image_dir.is_dir():
         for p in sorted(image_dir.iterdir()):
             if p.name.startswith("."):
                 continue
             m = pattern.match(p.name)
+            if m and _dangling(p, problems):
+                broken.add(m.group("case"))
+                continue
             if not m or not p.is_file():
                 problems.append(UserError(f"unexpected file (expected {{case}}_XXXX{ending})", p))
                 continue
@@ -168,16 +174,20 @@ def discover_cases(
                 continue
             channels[m.group("case")][ch] = p
     labels: dict[str, Path] = {}
+    broken_labels: set[str] = set()
     if label_dir.is_dir():
         for p in sorted(label_dir.iterdir()):
             if p.name.startswith("."):
+                continue
+            if p.name.endswith(ending) and _dangling(p, problems):
+                broken_labels.add(p.name[: -len(ending)])
                 continue
             if not p.name.endswith(ending) or not p.is_file():
                 problems.append(UserError(f"unexpected file (expected {{case}}{ending})", p))
                 continue
             labels[p.name[: -len(ending)]] = p
     cases: list[RawCase] = []
-    for case_id in sorted(channels):
+    for case_id in sorted(set(channels) - broken):
         files = channels[case_id]
         missing = [i for i in range(n_channels) if i not in files]
         if missing:
@@ -185,13 +195,22 @@ def discover_cases(
             continue
         label = labels.get(case_id)
         if label is None and require_labels:
-            problems.append(UserError(f"case {case_id!r} has no label file {case_id}{ending}", label_dir))
+            if case_id not in broken_labels:  # a dangling label link is reported already
+                problems.append(UserError(f"case {case_id!r} has no label file {case_id}{ending}", label_dir))
             continue
         cases.append(RawCase(case_id, tuple(files[i] for i in range(n_channels)), label))
     for case_id, p in sorted(labels.items()):
-        if case_id not in channels:
+        if case_id not in channels and case_id not in broken:
             problems.append(UserError(f"label without image files ({case_id}_0000{ending} missing)", p))
-    return cases, problems, len(channels)
+    return cases, problems, len(set(channels) | broken)
+
+
+def _dangling(path: Path, problems: list[UserError]) -> bool:
+    """Whether ``path`` is a symbolic link to nothing (then a problem naming it and its target is added)."""
+    if not path.is_symlink() or path.exists():
+        return False
+    problems.append(UserError(f"broken symbolic link: its target {path.readlink()} does not exist", path))
+    return True
 
 
 def check_headers(cases: list[RawCase]) -> list[UserError]:

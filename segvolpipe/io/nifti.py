@@ -179,6 +179,8 @@ def _load(path: Path, full: bool = False) -> nib.Nifti1Image:
     path = Path(path)
     if not path.exists():
         raise UserError("file not found", path)
+    if path.is_dir():
+        raise UserError("is a folder, not a NIfTI file", path)
     if path.stat().st_size == 0:
         raise UserError("file is empty", path)
     if full and path.name.endswith(".gz"):
@@ -274,12 +276,16 @@ def read_volume(path: str | Path, dtype: np.dtype | type | None = np.float32) ->
         ``(array[Z, Y, X], geometry)``.
 
     Raises:
-        UserError: unreadable, truncated, not 3D, broken affine.
+        UserError: unreadable, truncated, not 3D, broken affine, RGB or complex voxels.
     """
     path = Path(path)
     img = _load(path, full=True)
     shape = _spatial_shape(img.shape, path)
     geometry = _checked_geometry(img.affine, shape, path)
+    stored = img.get_data_dtype()
+    if stored.fields is not None or stored.kind not in "biuf":
+        raise UserError(f"voxels are not real numbers (stored as {stored}: RGB or complex images are not "
+                        "supported)", path)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # truncated gzip streams, short files ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read one of our checkpoints (``weights_only=True``); any problem is one :class:`UserError` naming it."""
     if not path.is_file():
         raise UserError("no such checkpoint", path)
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's own message would be misleading
+        raise UserError("corrupted or unreadable checkpoint (not a complete PyTorch zip archive: truncated, or "
+                        "another kind of file)", path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupted or foreign files

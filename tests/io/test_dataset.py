@@ -24,7 +24,7 @@ def _spec(**over) -> dict:
     ("over", "message"),
     [
         ({"labels": None}, "missing key 'labels'"),
-        ({"numTraining": "2"}, "'numTraining' must be a int"),
+        ({"numTraining": "2"}, "'numTraining' must be an integer"),
         ({"labels": {"background": 0, "liver": 2}}, "consecutive"),
         ({"labels": {"liver": 1}}, "background"),
         ({"labels": {"background": 0, "liver": [1, 2]}}, "region-based"),
