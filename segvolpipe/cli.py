@@ -459,8 +459,8 @@ def evaluate(
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="Smaller data and budgets, every stage still runs.")] = False,
     np_: Annotated[int | None, typer.Option("--np", help="Worker processes (default: CPU count).")] = None,
-    segvol_time: Annotated[str | None, typer.Option("--segvol-time", help="Training time of segvol (default 6m, --quick 40s).")] = None,
-    so3_time: Annotated[str | None, typer.Option("--so3-time", help="Training time of so3 from it (default 2.5m, --quick 20s).")] = None,
+    segvol_time: Annotated[str | None, typer.Option("--segvol-time", help="Training time of segvol (default 6m, --quick 90s).")] = None,
+    so3_time: Annotated[str | None, typer.Option("--so3-time", help="Training time of so3 from it (default 2.5m, --quick 30s).")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
 ) -> None:

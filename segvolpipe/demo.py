@@ -33,7 +33,7 @@ class DemoBudget:
 
 
 FULL = DemoBudget(16, 4, (64, 128, 128), {"segvol": 360.0, "so3": 150.0})
-QUICK = DemoBudget(6, 2, (32, 64, 64), {"segvol": 40.0, "so3": 20.0})
+QUICK = DemoBudget(6, 2, (32, 64, 64), {"segvol": 90.0, "so3": 30.0})
 
 
 @dataclass(frozen=True)

@@ -345,6 +345,10 @@ def _write_figures(out: Path, summary: dict[str, Any], overlays: list[_Case], fo
     title = f"{folder.parent.name}: {folder.name}\nDice per class ({summary['source']}, {len(rows)} cases)"
     dice_violins(out / "dice_violins.png", scores, title=title)
     written = [out / "dice_violins.png"]
+    drawn = {f"overlay_{case.case}.png" for case in overlays}
+    for stale in out.glob("overlay_*.png"):  # cases of an earlier evaluation (another dataset version, --cases)
+        if stale.name not in drawn:
+            stale.unlink()
     dice_by_case = {row["case"]: row for row in rows}
     for case in overlays:
         image, geometry = read_image(case.images)

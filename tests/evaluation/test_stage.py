@@ -148,10 +148,13 @@ def test_a_test_split_is_predicted_scored_and_rotated_and_a_rerun_reuses_it(mode
     assert rotation["classes"]["spleen"]["upright"] == 0.0 and rotation["mean"]["upright"] == pytest.approx(
         (liver["upright"] + 0.0) / 2)
     assert "rotation test" in result.output and "consistency" in result.output
-    # a rerun: predictions and rotation cases are reused, the results are the same
+    # a rerun: predictions and rotation cases are reused, the results are the same; an overlay of a case no
+    # longer evaluated (an earlier version of the dataset) is removed
+    (out / "overlay_gone.png").write_bytes(b"stale")
     again = _evaluate()
     assert again.exit_code == 0, again.output
     assert "already done" in again.output and "already predicted" in again.output
+    assert not (out / "overlay_gone.png").exists() and (out / "overlay_blob_100.png").is_file()
     rerun = json.loads((out / "rotation.json").read_text())
     assert rerun["cases"] == rotation["cases"] and rerun["classes"] == rotation["classes"]
     assert not list(out.rglob("*.tmp*"))
