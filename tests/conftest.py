@@ -101,3 +101,19 @@ def tiny_model_folder(roots: dict[str, Path], dataset: str, variant: str = "segv
     save_checkpoint(folder / "fold_0" / "checkpoint_final.pt", build_model(spec), None, TrainState(), {},
                     spec.to_json())
     return folder
+
+
+def shrink_plans_for_training(plans_path: Path) -> None:
+    """Make the ``3d_lite`` configuration of a plans file a tiny model that trains in seconds (batch 1, two
+    prompts per sample) and the default one."""
+    from dataclasses import replace
+
+    from segvolpipe.planning.plans import load_plans, save_plans
+    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
+
+    plans = load_plans(plans_path)
+    conf = plans.configurations["3d_lite"]
+    small = replace(conf, vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET,
+                    trainer=replace(conf.trainer, batch_size=1, max_prompts_per_sample=2))
+    save_plans(plans_path, replace(plans, configurations={**plans.configurations, "3d_lite": small},
+                                   default_configuration="3d_lite"))

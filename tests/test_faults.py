@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 
 from segvolpipe.io.atomic import load_npy
 from segvolpipe.io.nifti import read_volume
-from tests.conftest import make_blob_dataset
+from tests.conftest import make_blob_dataset, shrink_plans_for_training
 
 START_TIMEOUT_S = 300.0  # the killed run must produce its first output within this time
 RUN_TIMEOUT_S = 600
@@ -233,9 +233,7 @@ def preprocessed_blobs(raw_blobs: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def tiny_training_data(tmp_path_factory: pytest.TempPathFactory) -> Roots:
     """Raw and preprocessed roots of 8 small cases whose plans force a tiny 3d_lite model (see test_train_stage)."""
-    from segvolpipe.planning.plans import load_plans, save_plans
     from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
-    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
 
     roots = Roots.under(tmp_path_factory.mktemp("tiny_training_data"))
     make_blob_dataset(roots.raw, 11, n=8, shape=(16, 32, 28))
@@ -244,13 +242,7 @@ def tiny_training_data(tmp_path_factory: pytest.TempPathFactory) -> Roots:
             if key.startswith("SEGVOL_"):
                 mp.setenv(key, value)
         result = run_plan_preprocess("11", PlanPreprocessOptions(workers=1, progress=False))
-    path = result.folder / "plans.json"
-    plans = load_plans(path)
-    conf = plans.configurations["3d_lite"]
-    small = replace(conf, vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET,
-                    trainer=replace(conf.trainer, batch_size=1, max_prompts_per_sample=2))
-    save_plans(path, replace(plans, configurations={**plans.configurations, "3d_lite": small},
-                             default_configuration="3d_lite"))
+    shrink_plans_for_training(result.folder / "plans.json")
     return roots
 
 

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from segvolpipe.cli import app
-from tests.conftest import make_blob_dataset
+from tests.conftest import make_blob_dataset, shrink_plans_for_training
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "1", "--np", "0", "--no-progress"]
@@ -19,21 +19,11 @@ TINY = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "1", "--np", 
 @pytest.fixture()
 def dataset(roots: dict[str, Path]) -> str:
     """A tiny preprocessed CT dataset (8 cases, two classes) with a small 3d_lite model forced by the plans."""
-    from segvolpipe.planning.plans import load_plans, save_plans
     from segvolpipe.preprocessing.stage import PlanPreprocessOptions, run_plan_preprocess
-    from tests.models.conftest import TINY_DECODER, TINY_UNET, TINY_VIT
 
     make_blob_dataset(roots["raw"], 11, n=8, shape=(16, 32, 28))
     result = run_plan_preprocess("11", PlanPreprocessOptions(workers=1, progress=False))
-    path = result.folder / "plans.json"
-    plans = load_plans(path)
-    from dataclasses import replace
-
-    conf = plans.configurations["3d_lite"]
-    small = replace(conf, vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET,
-                    trainer=replace(conf.trainer, batch_size=1, max_prompts_per_sample=2))
-    save_plans(path, replace(plans, configurations={**plans.configurations, "3d_lite": small},
-                             default_configuration="3d_lite"))
+    shrink_plans_for_training(result.folder / "plans.json")
     return "11"
 
 
