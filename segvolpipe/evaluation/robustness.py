@@ -12,7 +12,7 @@ Per case, on the canonical (z, y, x) = (S, A, R) grid of its image file:
   :func:`~segvolpipe.evaluation.rotation.valid_mask` (the voxels both views saw);
 * sweep (optional): rotated Dice for each angle about the longitudinal axis only.
 
-Prompts (:func:`~segvolpipe.inference.predictor.reference_targets`): ``text`` names every class; ``box`` gives each
+Prompts (:func:`~segvolpipe.inference.prompts.reference_targets`): ``text`` names every class; ``box`` gives each
 class present in the reference the bounding box of its reference voxels (of the *rotated* reference for rotated
 inputs), passed to the predictor in world mm; ``points`` gives it three positive points drawn from those voxels
 (seeded); ``box+text`` gives the box and the name. A class absent from the reference gets no spatial prompt
@@ -96,7 +96,7 @@ def predict_label(predictor: Any, image: np.ndarray, geometry: Geometry, referen
                   path: str) -> tuple[np.ndarray, float]:
     """``(label [Z, Y, X] on the canonical grid, seconds)`` of one image with prompts per ``prompt``."""
     start = time.perf_counter()
-    from segvolpipe.inference.predictor import reference_targets
+    from segvolpipe.inference.prompts import reference_targets
 
     if not predictor.promptable or prompt == "text":
         targets = predictor.targets()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from segvolpipe.errors import UserError
-from segvolpipe.inference.prompts import UserPrompt, locate
+from segvolpipe.inference.prompts import Target, UserPrompt, locate
 from segvolpipe.inference.sliding import predict_targets, predict_unet
 from segvolpipe.inference.windows import TargetPrompt
 from segvolpipe.inference.zoom import zoom_out_zoom_in
@@ -147,16 +147,6 @@ def _check_fits_folder(folder: Path, plans: Plans, spec: ModelSpec, path: Path) 
     variant, _, configuration = folder.name.partition("__")
     if variant in VARIANTS and configuration in plans.configurations and folder.name != made_for:
         raise UserError(f"checkpoint was made for {made_for} but lies in {folder.name}", path)
-
-
-@dataclass(frozen=True)
-class Target:
-    """One output of a case: the value written in the label map, its name, and the prompt for the model."""
-
-    value: int
-    name: str
-    text: str | None = None
-    user: UserPrompt | None = None
 
 
 @dataclass
@@ -359,42 +349,6 @@ class _Merger:
         if self.threshold is not None:
             self.values[self.best <= self.threshold] = 0
         return self.values
-
-
-REFERENCE_PROMPTS = ("text", "box", "points", "box+text")
-
-
-def reference_targets(labels: dict[int, str], reference: np.ndarray, affine: np.ndarray, prompt: str,
-                      n_points: int = 3) -> list[Target]:
-    """Prompts derived from a canonical reference [Z, Y, X] with 4×4 ``affine``, in world mm (so any grid of the
-    same case takes them), for evaluation and validation.
-
-    ``text`` names every class; ``box`` gives each class present in the reference the tight box of its voxels;
-    ``points`` gives it ``n_points`` positive points drawn from its voxels (seeded by the class value, so a rerun
-    gives the same points); ``box+text`` a box and the name. A class absent from the reference gets no spatial
-    prompt (nothing is asked for it).
-    """
-    if prompt not in REFERENCE_PROMPTS:
-        raise UserError(f"unknown prompt kind {prompt!r} ({', '.join(REFERENCE_PROMPTS)})")
-    if prompt == "text":
-        return [Target(value, name, name) for value, name in labels.items()]
-    affine = np.asarray(affine, dtype=np.float64)
-    targets = []
-    for value, name in labels.items():
-        idx = np.argwhere(reference == value)
-        if idx.size == 0:
-            continue
-        text = name if prompt == "box+text" else None
-        if prompt == "points":
-            chosen = idx[np.random.default_rng(value).choice(len(idx), size=min(n_points, len(idx)), replace=False)]
-            world = np.c_[chosen.astype(np.float64), np.ones(len(chosen))] @ affine.T
-            spatial = UserPrompt(text, points=tuple((*map(float, w[:3]), 1) for w in world), coords="world")
-        else:
-            corners = np.c_[np.stack([idx.min(0), idx.max(0)]).astype(np.float64), np.ones(2)] @ affine.T
-            box = tuple(float(v) for v in (*corners[0, :3], *corners[1, :3]))
-            spatial = UserPrompt(text, box, coords="world")  # type: ignore[arg-type]
-        targets.append(Target(value, name, text, spatial))
-    return targets
 
 
 def volumes_ml(label: np.ndarray, values: Sequence[int], spacing: Sequence[float]) -> dict[int, float]:

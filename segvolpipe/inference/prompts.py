@@ -124,3 +124,49 @@ def locate(prompt: UserPrompt, geometry: Geometry, props: dict[str, Any], text_i
         return TargetPrompt(text_index, box, tuple(points))  # type: ignore[arg-type]
     except ValueError as exc:
         raise UserError(f"{exc} (--text, --box or --point)") from None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output of a case: the value written in the label map, its name, and the prompt for the model."""
+
+    value: int
+    name: str
+    text: str | None = None
+    user: UserPrompt | None = None
+
+
+REFERENCE_PROMPTS = ("text", "box", "points", "box+text")
+
+
+def reference_targets(labels: dict[int, str], reference: np.ndarray, affine: np.ndarray, prompt: str,
+                      n_points: int = 3) -> list[Target]:
+    """Prompts derived from a canonical reference [Z, Y, X] with 4×4 ``affine``, in world mm (so any grid of the
+    same case takes them), for evaluation and validation.
+
+    ``text`` names every class; ``box`` gives each class present in the reference the tight box of its voxels;
+    ``points`` gives it ``n_points`` positive points drawn from its voxels (seeded by the class value, so a rerun
+    gives the same points); ``box+text`` a box and the name. A class absent from the reference gets no spatial
+    prompt (nothing is asked for it).
+    """
+    if prompt not in REFERENCE_PROMPTS:
+        raise UserError(f"unknown prompt kind {prompt!r} ({', '.join(REFERENCE_PROMPTS)})")
+    if prompt == "text":
+        return [Target(value, name, name) for value, name in labels.items()]
+    affine = np.asarray(affine, dtype=np.float64)
+    targets = []
+    for value, name in labels.items():
+        idx = np.argwhere(reference == value)
+        if idx.size == 0:
+            continue
+        text = name if prompt == "box+text" else None
+        if prompt == "points":
+            chosen = idx[np.random.default_rng(value).choice(len(idx), size=min(n_points, len(idx)), replace=False)]
+            world = np.c_[chosen.astype(np.float64), np.ones(len(chosen))] @ affine.T
+            spatial = UserPrompt(text, points=tuple((*map(float, w[:3]), 1) for w in world), coords="world")
+        else:
+            corners = np.c_[np.stack([idx.min(0), idx.max(0)]).astype(np.float64), np.ones(2)] @ affine.T
+            box = tuple(float(v) for v in (*corners[0, :3], *corners[1, :3]))
+            spatial = UserPrompt(text, box, coords="world")  # type: ignore[arg-type]
+        targets.append(Target(value, name, text, spatial))
+    return targets

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from segvolpipe.errors import UserError
-from segvolpipe.inference.predictor import Predictor, Target, resolve_model_folder, volumes_ml
-from segvolpipe.inference.prompts import UserPrompt
+from segvolpipe.inference.predictor import Predictor, resolve_model_folder, volumes_ml
+from segvolpipe.inference.prompts import Target, UserPrompt
 from segvolpipe.io.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from segvolpipe.io.lock import stage_lock
 from segvolpipe.io.nifti import read_image, strip_nifti_suffix, write_label

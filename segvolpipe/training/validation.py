@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from segvolpipe.evaluation.metrics import dice_scores
-from segvolpipe.inference.predictor import Predictor, reference_targets
+from segvolpipe.inference.predictor import Predictor
+from segvolpipe.inference.prompts import reference_targets
 from segvolpipe.io.atomic import read_json, write_json
 from segvolpipe.io.nifti import read_image, read_label, write_label
 from segvolpipe.log import progress_bar

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from segvolpipe.errors import UserError
-from segvolpipe.inference.predictor import reference_targets
-from segvolpipe.inference.prompts import to_canonical
+from segvolpipe.inference.prompts import reference_targets, to_canonical
 from segvolpipe.io.nifti import Geometry
 from tests.conftest import AXCODES
 
