@@ -6,7 +6,6 @@ User errors print ``error: <file>: <problem>`` and exit with code 2 (``--verbose
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +14,19 @@ import typer
 from segvolpipe.cli_errors import STATE as _STATE
 from segvolpipe.cli_errors import Commands, handles_errors
 from segvolpipe.cli_errors import fail as _fail
+from segvolpipe.cli_options import (
+    Checkpoint,
+    Coords,
+    Device,
+    Modality,
+    Mode,
+    MRIContrast,
+    PromptKind,
+    Rule,
+    Variant,
+    parse_duration,
+    parse_size,
+)
 
 app = typer.Typer(
     cls=Commands,
@@ -27,17 +39,6 @@ app = typer.Typer(
 )
 
 
-
-class Modality(str, Enum):
-    ct = "ct"
-    mri = "mri"
-
-
-class MRIContrast(str, Enum):
-    t1 = "t1"
-    t2 = "t2"
-
-
 @app.callback()
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug messages.")] = False,
@@ -46,15 +47,6 @@ def _main(
     from segvolpipe.log import setup_logging
 
     setup_logging(verbose)
-
-
-def _parse_size(text: str) -> tuple[int, int, int]:
-    from segvolpipe.errors import UserError
-
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) >= 8 for p in parts):
-        raise UserError(f"--size must be three integers ≥ 8 as Z,Y,X (e.g. 64,128,128), got {text!r}")
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]
 
 
 @app.command("make-phantoms")
@@ -81,7 +73,7 @@ def make_phantoms(
 
     options = PhantomOptions(
         n_train=cases, n_test=test_cases, modality=modality.value, mri_contrast=contrast.value,
-        size=_parse_size(size), seed=seed, name=name,
+        size=parse_size(size), seed=seed, name=name,
         labels=tuple(s.strip() for s in labels.split(",") if s.strip()) if labels else None,
         random_orientation=random_orientation,
     )
@@ -119,11 +111,6 @@ def plan_preprocess(
         _fail([f"{cid}: {err}" for cid, err in result.failed] + [f"{len(result.failed)} case(s) failed; the others are done"])
 
 
-class Rule(str, Enum):
-    fh = "fh"
-    percentile = "percentile"
-
-
 @app.command("pseudomask")
 @handles_errors
 def pseudomask(
@@ -152,7 +139,7 @@ def pseudomask(
 
     settings = PseudomaskSettings(
         rule=rule.value, k=scale, sigma=sigma, min_size=min_size, min_fraction=min_fraction, percentile=percentile,
-        diagonals=diagonals, morphology=morphology, working_grid=_parse_size(working_grid) if working_grid else None,
+        diagonals=diagonals, morphology=morphology, working_grid=parse_size(working_grid) if working_grid else None,
     )
     results = run_pseudomask(dataset, PseudomaskOptions(configuration, settings, np_ or default_workers(), overwrite, qc, progress))
     if not results:
@@ -178,36 +165,6 @@ def models(
     from segvolpipe.reporting import print_models
 
     print_models(describe_models(dataset, configuration, variant, pretrained, clip_tokenizer))
-
-
-class Variant(str, Enum):
-    segvol = "segvol"
-    so3 = "so3"
-    prior = "prior"
-    unet = "unet"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def _parse_duration(text: str | None) -> float | None:
-    """``90``, ``90s``, ``10m``, ``1.5h`` → seconds."""
-    from segvolpipe.errors import UserError
-
-    if text is None:
-        return None
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    t = text.strip().lower()
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise UserError(f"--time-budget {text!r} is not a duration (e.g. 600, 10m, 1.5h)") from None
-    if value <= 0:
-        raise UserError(f"--time-budget must be positive, got {text!r}")
-    return value
 
 
 @app.command("train")
@@ -240,27 +197,11 @@ def train(
 
     options = TrainOptions(
         variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,
-        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=_parse_duration(time_budget),
+        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=parse_duration(time_budget),
         device=device.value, init=init, pretrained=pretrained, resume=resume, overwrite=overwrite,
         rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress,
     )
     print_train(run_train(dataset, options))
-
-
-class Mode(str, Enum):
-    zoom = "zoom"
-    sliding = "sliding"
-
-
-class Checkpoint(str, Enum):
-    final = "final"
-    best = "best"
-    latest = "latest"
-
-
-class Coords(str, Enum):
-    voxel = "voxel"
-    world = "world"
 
 
 @app.command("predict")
@@ -311,13 +252,6 @@ def predict(
     if result.failed:
         _fail([f"{case}: {error}" for case, error in result.failed.items()]
               + [f"{len(result.failed)} case(s) failed; the others are written to {output}"])
-
-
-class PromptKind(str, Enum):
-    text = "text"
-    box = "box"
-    points = "points"
-    box_text = "box+text"
 
 
 @app.command("evaluate")
@@ -395,7 +329,8 @@ def demo(
     from segvolpipe.demo import DemoOptions, run_demo
     from segvolpipe.parallel import default_workers
 
-    train_s = {v: _parse_duration(t) for v, t in (("segvol", segvol_time), ("so3", so3_time)) if t is not None}
+    train_s = {v: parse_duration(t, f"--{v}-time") for v, t in (("segvol", segvol_time), ("so3", so3_time))
+               if t is not None}
     result = run_demo(DemoOptions(quick=quick, workers=np_ or default_workers(), device=device.value,
                                   progress=progress, train_s=train_s))
     if result.failures:
