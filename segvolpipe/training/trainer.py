@@ -209,7 +209,9 @@ class Trainer:
         budget = cfg.time_budget_s
         try:
             with progress_bar(self.progress and self.dist.is_main) as bar:
-                task = bar.add_task(f"{cfg.variant} fold {cfg.fold}", total=state.total_steps)
+                # under a time budget the number of steps is known only once the schedule is fitted to the first epoch
+                fitted = budget is None or state.epoch > 0
+                task = bar.add_task(f"{cfg.variant} fold {cfg.fold}", total=state.total_steps if fitted else None)
                 bar.update(task, completed=state.step)
                 while state.epoch * cfg.iters_per_epoch < state.total_steps:
                     record = self._epoch(bar, task)
