@@ -121,11 +121,11 @@ def run_demo(options: DemoOptions) -> DemoResult:
         result.evaluations[variant] = evaluated
         result.failures += [f"evaluate {variant}: {f['case']}: {f['error']}" for f in evaluated.failures]
         timed(f"predict + evaluate {variant}", evaluated.output, t0)
-    print_demo(result, outputs, budget, train_s)
+    print_demo(result, outputs, train_s)
     return result
 
 
-def print_demo(result: DemoResult, outputs: dict[str, str], budget: DemoBudget, train_s: dict[str, float]) -> None:
+def print_demo(result: DemoResult, outputs: dict[str, str], train_s: dict[str, float]) -> None:
     """Per class: test Dice upright and rotated for each variant; then the stages' times and the figures."""
     from rich.table import Table
 
