@@ -21,6 +21,7 @@ from segvolpipe.inference.windows import (
     pad_to,
     run_windows,
 )
+from segvolpipe.models.spec import LEFT_RIGHT_AXIS
 
 __all__ = ["ABSENT_LOGIT", "TargetPrompt", "merge_targets", "predict_targets", "predict_unet"]
 
@@ -60,6 +61,9 @@ def predict_unet(model: nn.Module, image: Tensor, overlap: float = 0.5, device: 
     roi = list(model.input_size)
     padded, shape = pad_to(image.float(), roi)
     flips = [tuple(d + 2 for d in c) for c in mirror_combinations(mirror_axes)]
+    spec = getattr(model, "spec", None)
+    # mirrored across the body, channel c of the output is the structure's partner on the other side
+    sides = spec.label_mirror() if spec is not None else None
 
     def predictor(window: Tensor) -> Tensor:
         total = None
@@ -68,6 +72,8 @@ def predict_unet(model: nn.Module, image: Tensor, overlap: float = 0.5, device: 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 y = model(x).float()
             y = y.flip(dims) if dims else y
+            if sides is not None and LEFT_RIGHT_AXIS + 2 in dims:
+                y = y[:, list(sides)]
             total = y if total is None else total + y
         return total / len(flips)
 

@@ -27,6 +27,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from torch import Tensor, nn
 
 from segvolpipe.models.prompt_encoder import Prompts
+from segvolpipe.models.spec import LEFT_RIGHT_AXIS
 
 ABSENT_LOGIT = -30.0
 Box = tuple[int, int, int, int, int, int]
@@ -65,10 +66,15 @@ class TargetPrompt:
         points = tuple((p[0] - origin[0], p[1] - origin[1], p[2] - origin[2], p[3]) for p in self.points)
         return TargetPrompt(self.text, box, points)  # type: ignore[arg-type]
 
-    def mirrored(self, axes: Sequence[int], size: Sequence[int]) -> TargetPrompt:
-        """The target of a volume of ``size`` flipped along ``axes``."""
+    def mirrored(self, axes: Sequence[int], size: Sequence[int],
+                 text_mirror: Sequence[int] | None = None) -> TargetPrompt:
+        """The target of a volume of ``size`` flipped along ``axes``; flipped across the body (axis 2), a text names
+        the structure's partner on the other side (``text_mirror``, from ``ModelSpec.vocabulary_mirror``)."""
         if not axes:
             return self
+        text = self.text
+        if LEFT_RIGHT_AXIS in axes and text_mirror is not None and text >= 0:
+            text = int(text_mirror[text])
         box = None
         if self.box is not None:
             lo, hi = list(self.box[:3]), list(self.box[3:])
@@ -81,7 +87,7 @@ class TargetPrompt:
             for a in axes:
                 c[a] = size[a] - 1 - c[a]
             points.append((*c, p[3]))
-        return TargetPrompt(self.text, box, tuple(points))  # type: ignore[arg-type]
+        return TargetPrompt(text, box, tuple(points))  # type: ignore[arg-type]
 
 
 def scan_interval(shape: Sequence[int], roi: Sequence[int], overlap: float) -> tuple[int, ...]:
@@ -165,12 +171,14 @@ def predict_window(model: nn.Module, window: Tensor, targets: Sequence[TargetPro
     roi = list(window.shape[1:])
     tokens = getattr(getattr(model, "spec", None), "point_tokens", 20)
     window = window.to(device)
+    spec = getattr(model, "spec", None)
+    text_mirror = spec.vocabulary_mirror() if spec is not None else None
     local = [t.shifted(origin) for t in targets]
     combos = mirror_combinations(mirror_axes)
     total, misses = None, None
     for flip in combos:
-        prompts, misses = window_prompts([t.mirrored(flip, roi) for t in local], (0, 0, 0), roi, modality, tokens,
-                                         device)
+        prompts, misses = window_prompts([t.mirrored(flip, roi, text_mirror) for t in local], (0, 0, 0), roi,
+                                         modality, tokens, device)
         x = window.flip([d + 1 for d in flip]) if flip else window
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x[None], prompts)[0].float()

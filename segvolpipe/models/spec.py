@@ -8,6 +8,7 @@ recognised before any weight is loaded).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +23,37 @@ MODALITIES = (CT, MRI)
 def normalise_label_name(name: str) -> str:
     """One spelling per structure: ``"Left Kidney"``, ``"left_kidney"`` and ``"left-kidney"`` → ``"left kidney"``."""
     return re.sub(r"[\s_\-]+", " ", name.strip().lower()).strip()
+
+
+#: The array axis that runs across the body in the canonical (S, A, R) layout: mirroring it swaps left and right.
+LEFT_RIGHT_AXIS = 2
+_SIDES = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _words(name: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[a-z0-9]+", name.lower()))
+
+
+def lateral_partner(name: str) -> str | None:
+    """The same structure on the other side of the body (as lower-case words), or None for a name with no side.
+
+    A side is a whole word ``left``/``right`` (``"Left Kidney"``, ``"kidney_right"``, ``"Lung (left)"``) or a
+    trailing ``l``/``r`` (``"kidney_l"``, ``"Lung (L)"``), as public datasets spell them.
+    """
+    words = _words(name)
+    for i, word in enumerate(words):
+        if word in ("left", "right") or (word in ("l", "r") and i == len(words) - 1 and len(words) > 1):
+            return " ".join((*words[:i], _SIDES[word], *words[i + 1 :]))
+    return None
+
+
+def lateral_permutation(names: Sequence[str]) -> tuple[int, ...] | None:
+    """For names ``n_0 … n_{k-1}``: the index of each one's partner on the other side of the body (itself when it
+    has none among ``names``), or None when no pair exists. Mirroring an image across the body's left–right axis
+    turns structure ``i`` into structure ``perm[i]``."""
+    index = {" ".join(_words(n)): i for i, n in enumerate(names)}
+    perm = tuple(index.get(lateral_partner(n) or "", i) for i, n in enumerate(names))
+    return None if perm == tuple(range(len(names))) else perm
 
 
 def modality_of_channel(channel_name: str) -> str:
@@ -143,6 +175,16 @@ class ModelSpec:
         """Index of a label name in the vocabulary (any spelling), or None."""
         key = normalise_label_name(name)
         return self.vocabulary.index(key) if key in self.vocabulary else None
+
+    def label_mirror(self) -> tuple[int, ...] | None:
+        """Label values ``0..K`` after mirroring across the left–right axis (``"left kidney"`` ↔ ``"right kidney"``;
+        background and unpaired classes keep theirs), or None when no class has a partner."""
+        perm = lateral_permutation(self.labels)
+        return None if perm is None else (0, *(p + 1 for p in perm))
+
+    def vocabulary_mirror(self) -> tuple[int, ...] | None:
+        """The same for vocabulary indices (text prompts), or None."""
+        return lateral_permutation(self.vocabulary)
 
     def with_variant(self, variant: str, **options: Any) -> ModelSpec:
         return replace(self, variant=variant, **options)

@@ -26,7 +26,9 @@ from batchgenerators.transforms.color_transforms import (
     GammaTransform,
 )
 from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
-from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
+from batchgenerators.transforms.spatial_transforms import SpatialTransform
+
+from segvolpipe.models.spec import LEFT_RIGHT_AXIS
 
 
 @dataclass(frozen=True)
@@ -131,10 +133,10 @@ def _rotation_matrix(a0: float, a1: float, a2: float) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def build_transforms(input_size: tuple[int, int, int], rotation_aug: bool) -> Compose:
-    """The full pipeline: spatial, Gaussian noise, brightness, contrast, gamma (inverted and not), mirroring.
+    """The batchgenerators pipeline: spatial, Gaussian noise, brightness, contrast, gamma (inverted and not).
 
     Probabilities follow nnU-Net's defaults (noise 0.1, multiplicative brightness 0.15, contrast 0.15,
-    inverted gamma 0.1, gamma 0.3, mirroring each axis with probability 0.5).
+    inverted gamma 0.1, gamma 0.3). Mirroring follows in :func:`augment` (it must know the labels' sides).
     """
     return Compose(
         [
@@ -148,7 +150,6 @@ def build_transforms(input_size: tuple[int, int, int], rotation_aug: bool) -> Co
             GammaTransform(
                 (0.7, 1.5), invert_image=False, per_channel=True, retain_stats=True, p_per_sample=0.3
             ),
-            MirrorTransform(axes=(0, 1, 2)),
         ]
     )
 
@@ -159,8 +160,13 @@ def augment(
     rng: np.random.Generator,
     input_size: tuple[int, int, int],
     rotation_aug: bool = False,
+    label_mirror: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Augment one sample and centre-crop it to ``input_size``.
+    """Augment one sample and centre-crop it to ``input_size``, then mirror each axis with probability 0.5.
+
+    Mirroring axis 2 (the patient's left–right axis) turns a left structure into a right one: with
+    ``label_mirror`` the segmentation values ``v`` in ``0..K`` become ``label_mirror[v]`` then (``"left kidney"`` ↔
+    ``"right kidney"``), so a lateral label never contradicts the image; nnU-Net's plain mirroring does.
 
     Args:
         image: float ``[C, Z, Y, X]`` block, normally :func:`source_size` large, centred on the sample.
@@ -168,6 +174,7 @@ def augment(
         rng: The sample's generator; one draw seeds numpy's and :mod:`random`'s global states.
         input_size: Output ``(z, y, x)``.
         rotation_aug: Use :data:`WIDE_ROTATION` instead of :data:`DEFAULT_ROTATION`.
+        label_mirror: Label values after a left–right mirror (see :meth:`ModelSpec.label_mirror`), or None.
 
     Returns:
         ``image`` float32 ``[C, *input_size]`` and ``seg`` float32 ``[S, *input_size]`` holding only
@@ -180,4 +187,19 @@ def augment(
         data=np.ascontiguousarray(image[None], dtype=np.float32),
         seg=np.ascontiguousarray(seg[None], dtype=np.float32),
     )
-    return np.asarray(out["data"][0], dtype=np.float32), np.asarray(out["seg"][0], dtype=np.float32)
+    image, seg = np.asarray(out["data"][0], dtype=np.float32), np.asarray(out["seg"][0], dtype=np.float32)
+    flips = tuple(a for a in range(3) if np.random.uniform() < 0.5)
+    if flips:
+        image = np.ascontiguousarray(np.flip(image, axis=tuple(a + 1 for a in flips)))
+        seg = np.ascontiguousarray(np.flip(seg, axis=tuple(a + 1 for a in flips)))
+    if LEFT_RIGHT_AXIS in flips and label_mirror is not None:
+        seg = swap_sides(seg, label_mirror)
+    return image, seg
+
+
+def swap_sides(seg: np.ndarray, label_mirror: tuple[int, ...]) -> np.ndarray:
+    """Values ``v`` in ``0..K`` of ``seg`` become ``label_mirror[v]``; others (pseudo regions, −1) are kept."""
+    lut = np.asarray(label_mirror, dtype=seg.dtype)
+    values = np.rint(seg).astype(np.int64)
+    inside = (values >= 0) & (values < len(lut))
+    return np.where(inside, lut[np.clip(values, 0, len(lut) - 1)], seg).astype(seg.dtype)

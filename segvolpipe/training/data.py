@@ -38,6 +38,8 @@ class SamplingOptions:
         augment: Apply the augmentation of :mod:`segvolpipe.training.augment`.
         rotation_aug: ±90° about the longitudinal axis instead of the small default rotations.
         pseudo_masks: Return the pseudo-masks (zeros otherwise, or when a case has none).
+        label_mirror: Label values after a left–right mirror (``ModelSpec.label_mirror``): lateral classes swap
+            when augmentation mirrors across the body; None when no class has a side.
     """
 
     input_size: tuple[int, int, int]
@@ -47,6 +49,7 @@ class SamplingOptions:
     augment: bool = True
     rotation_aug: bool = False
     pseudo_masks: bool = True
+    label_mirror: tuple[int, ...] | None = None
 
 
 def _open(path: Path) -> np.ndarray:
@@ -251,7 +254,8 @@ def make_sample(
     image, label, pseudo = _source(store, case, rng, options, zoom_out)
     if options.augment:
         size = tuple(int(v) for v in options.input_size)
-        image, seg = augment(image, np.stack([label, pseudo]), rng, size, options.rotation_aug)
+        image, seg = augment(image, np.stack([label, pseudo]), rng, size, options.rotation_aug,
+                             options.label_mirror)
         label, pseudo = np.rint(seg[0]), np.rint(seg[1])
     return {
         "image": np.ascontiguousarray(image, dtype=np.float32),
