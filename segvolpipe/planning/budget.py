@@ -36,9 +36,12 @@ class Tier:
     max_batch: int
     epochs: int
     iters_per_epoch: int
+    # 3d_lite's spacing is coarsened until its input holds at least this fraction of the median case's voxels
+    # (nnU-Net's 3d_lowres rule): on a small budget, context is worth more than resolution
+    min_input_coverage: float = 0.0
 
 
-CPU_TIER = Tier("cpu", 32 * 64 * 64, 256, 12.0, 48 * 64 * 64, 16, 2, 30, 25)
+CPU_TIER = Tier("cpu", 32 * 64 * 64, 256, 12.0, 48 * 64 * 64, 16, 2, 30, 25, min_input_coverage=0.25)
 GPU_TIER = Tier("cuda", 32 * 256 * 256, 2048, 400.0, 128 * 128 * 128, 32, 8, 300, 250)
 
 

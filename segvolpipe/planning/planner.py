@@ -6,7 +6,9 @@ Rules (see ARCHITECTURE.md "Planning"):
   10th percentile instead (nnU-Net's anisotropy rule).
 * ``3d_lite``: the ViT input keeps the proportions of the median case (the whole-volume "zoom-out"
   view), scaled down into the tier's voxel budget; patch sizes make physically near-cubic patches with
-  about the tier's token count; width/depth are the largest that fit the tier's compute budget.
+  about the tier's token count; width/depth are the largest that fit the tier's compute budget. On the CPU
+  tier the grid is first coarsened (nnU-Net's 3d_lowres rule, :func:`coarsen_for_coverage`) until the input
+  holds at least a quarter of the median case.
 * ``3d_segvol``: SegVol's reference model (input 32×256×256, patch 4×16×16, width 768, 12 layers, 12 heads).
 * Batch size from the memory model of :mod:`segvolpipe.planning.budget`, at most 5 % of the dataset's
   voxels per batch (but at least 2 when memory allows), capped per tier.
@@ -57,6 +59,26 @@ def plan_median_shape(fp: Fingerprint, target: tuple[float, float, float]) -> tu
     """Median over cases of the cropped shape resampled to ``target``."""
     shapes = [resampled_shape(c["cropped_shape"], c["spacing"], target) for c in fp.cases]
     return tuple(int(v) for v in np.median(np.array(shapes), axis=0))  # type: ignore[return-value]
+
+
+def coarsen_for_coverage(
+    fp: Fingerprint, target: tuple[float, float, float], input_voxels: int, min_coverage: float
+) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """The spacing (and median shape there) at which an input of ``input_voxels`` holds ``min_coverage`` of the
+    median case, starting from ``target``; ``target`` itself when it already does.
+
+    nnU-Net's 3d_lowres rule: the spacing grows by 3 % per step, only along the finest axes while some axis is
+    more than twice as fine as the coarsest, so an anisotropic grid first becomes more isotropic.
+    """
+    spacing = np.asarray(target, dtype=np.float64)
+    median = plan_median_shape(fp, target)
+    if min_coverage <= 0:
+        return target, median
+    while float(np.prod(median, dtype=np.float64)) * min_coverage > input_voxels:
+        fine = spacing.max() / spacing > 2
+        spacing = np.where(fine, spacing * 1.03, spacing) if fine.any() else spacing * 1.03
+        median = plan_median_shape(fp, tuple(float(v) for v in spacing))  # type: ignore[arg-type]
+    return tuple(float(v) for v in spacing), median  # type: ignore[return-value]
 
 
 def plan_vit_geometry(
@@ -200,11 +222,12 @@ def make_plans(
     target = plan_target_spacing(fp.spacings)
     median = plan_median_shape(fp, target)
     tier = budget.GPU_TIER if accel.kind == "cuda" else budget.CPU_TIER
-    inp, patch = plan_vit_geometry(median, target, tier.voxel_budget, tier.token_target)
+    lite_target, lite_median = coarsen_for_coverage(fp, target, tier.voxel_budget, tier.min_input_coverage)
+    inp, patch = plan_vit_geometry(lite_median, lite_target, tier.voxel_budget, tier.token_target)
     tokens = int(np.prod([i // p for i, p in zip(inp, patch, strict=True)]))
     width, layers, heads = budget.choose_vit_size(tokens, tier.gflop_per_sample)
     lite_vit = ViTPlan(inp, patch, width, 4 * width, layers, heads)
-    lite = _configuration("3d_lite", fp, accel, target, median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
+    lite = _configuration("3d_lite", fp, accel, lite_target, lite_median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
                           max(1, tier.epochs // 30), f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample",
                           LITE_LR)
     segvol_vit = ViTPlan((32, 256, 256), (4, 16, 16), 768, 3072, 12, 12)

@@ -11,7 +11,13 @@ import pytest
 from segvolpipe.errors import UserError
 from segvolpipe.fingerprint import ChannelStats, Fingerprint
 from segvolpipe.planning import budget
-from segvolpipe.planning.planner import make_plans, plan_target_spacing, plan_unet, plan_vit_geometry
+from segvolpipe.planning.planner import (
+    make_plans,
+    plan_median_shape,
+    plan_target_spacing,
+    plan_unet,
+    plan_vit_geometry,
+)
 from segvolpipe.planning.plans import Accelerator, Plans, load_plans, save_plans
 from segvolpipe.planning.splits import make_splits
 
@@ -106,3 +112,26 @@ def test_splits_are_seeded_and_disjoint() -> None:
     assert all(not set(f["train"]) & set(f["val"]) for f in a)
     assert len(make_splits(["a", "b", "c"])) == 3
     assert make_splits(["a"]) == [{"train": ["a"], "val": ["a"]}]
+
+
+def test_cpu_lite_grid_is_coarsened_until_the_input_holds_a_quarter_of_the_median_case() -> None:
+    fp = _fingerprint(shape=(60, 160, 160), spacing=(2.5, 0.8, 0.8))  # 1.5 M voxels: 9 % in a 131 k input
+    cpu = make_plans("Dataset001_X", fp, CPU, ("CT",), (("background", 0), ("liver", 1)))
+    lite, segvol = cpu.configuration("3d_lite"), cpu.configuration("3d_segvol")
+    assert segvol.target_spacing == pytest.approx((2.5, 0.8, 0.8))  # SegVol's configuration keeps the median
+    sp = np.asarray(lite.target_spacing)
+    assert (sp > np.array([2.5, 0.8, 0.8])).all()
+    # the in-plane axes, more than twice finer, grow first (nnU-Net's lowres rule): the grid gets more isotropic
+    assert sp[0] / sp[1] < 2.5 / 0.8
+    coverage = np.prod(lite.vit.input_size) / np.prod(lite.median_shape)
+    assert 0.2 <= coverage <= 0.5
+    assert np.prod(lite.median_shape) * budget.CPU_TIER.min_input_coverage <= budget.CPU_TIER.voxel_budget
+    # no coarser than needed: 3 % finer on every axis and the median case holds more than 4 inputs' worth again
+    finer = plan_median_shape(fp, tuple(sp / 1.03))
+    assert np.prod(finer) * budget.CPU_TIER.min_input_coverage > budget.CPU_TIER.voxel_budget
+    # a small case needs nothing coarser; the GPU tier never coarsens
+    small = make_plans("Dataset001_X", _fingerprint(shape=(40, 64, 64), spacing=(1.0, 1.0, 1.0)), CPU, ("CT",),
+                       (("background", 0), ("liver", 1)))
+    assert small.configuration("3d_lite").target_spacing == pytest.approx((1.0, 1.0, 1.0))
+    gpu = make_plans("Dataset001_X", fp, GPU, ("CT",), (("background", 0), ("liver", 1)))
+    assert gpu.configuration("3d_lite").target_spacing == pytest.approx((2.5, 0.8, 0.8))
