@@ -60,7 +60,7 @@ class SegVolModel(nn.Module):
             text = self.text_encoder(flat.text, flat.modality) if bool(has_text.any()) else None
             sparse = self.prompt_encoder(flat, text)
             rows = self.adapt_image(expand_batch(embeddings, p), flat)
-            masks, _ = self.mask_decoder(rows, self.prompt_encoder.dense_pe(), self.prompt_encoder.dense_embedding(),
+            masks, _ = self.mask_decoder(rows, self.prompt_encoder.dense_pe(), self.prompt_encoder.dense_prompts(flat),
                                          sparse, text, has_text if text is not None else None, multimask,
                                          self.mask_token_offset(rows, flat))
         masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)

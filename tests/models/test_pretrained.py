@@ -60,6 +60,7 @@ def test_segvol_release_loads_with_no_shape_mismatch(tmp_path, segvol_model, nam
     assert len(report.text_tower) == counts["text_encoder"] - 2
     assert not report.mismatched and not report.unexpected
     assert report.missing == ["text_encoder.embeddings.weight"]  # learned label embeddings are ours
+    assert report.new_in_variant == ["prompt_encoder.dense_prompt_box", "prompt_encoder.dense_prompt_points"]
     assert "learned label embeddings" in report.text_tower_note
     # the weights really were copied: every loaded tensor is now zero
     own = segvol_model.state_dict()

@@ -98,8 +98,8 @@ def test_segvol_reference_counts_on_the_meta_device_allocate_nothing():
     spec = reference_spec()
     counts = parameter_counts(spec)
     # 87,388,416 (ViT) + 29,923,716 (decoder) + 4,608 (prompt encoder without SAM's 2D leftovers)
-    # + dim_align 393,984 + 15 learned 512-d label embeddings
-    assert counts.total == 87_388_416 + 29_923_716 + 4_608 + 393_984 + 15 * 512
+    # + dim_align 393,984 + 15 learned 512-d label embeddings + the dense box/point vectors (3 × 768, ours)
+    assert counts.total == 87_388_416 + 29_923_716 + 4_608 + 393_984 + 15 * 512 + 3 * 768
     assert counts.trainable == counts.total
     with torch.device("meta"):
         model = build_model(spec)
