@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 from segvolpipe.models.prompt_encoder import box_share, point_counts
+from segvolpipe.models.registry import build_model
+from tests.models.conftest import mixed_prompts, tiny_spec
 
 
 def test_box_share_is_the_fraction_of_each_cell_inside_the_box() -> None:
@@ -31,10 +33,6 @@ def test_point_counts_put_each_point_in_its_cell_and_skip_padding() -> None:
 
 
 def test_zero_dense_vectors_compute_segvol_and_trained_ones_touch_only_their_rows(image) -> None:
-    from segvolpipe.models.registry import build_model
-
-    from tests.models.conftest import mixed_prompts, tiny_spec
-
     torch.manual_seed(0)
     model = build_model(tiny_spec()).eval()
     prompts = mixed_prompts()
