@@ -350,3 +350,22 @@ def test_segvol_overfits_one_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_text_alone_is_drawn_with_its_share_and_the_rest_uniformly() -> None:
+    options = PromptOptions(max_prompts=4, text_only_share=0.4)
+    g = torch.Generator().manual_seed(0)
+    draws = [options.draw_combo(g) for _ in range(3000)]
+    share = draws.count("text") / len(draws)
+    assert 0.37 < share < 0.43
+    others = [c for c in COMBOS if c != "text"]
+    counts = [draws.count(c) for c in others]
+    assert min(counts) > 0.8 * max(counts)  # the five others alike
+    assert [options.draw_combo(torch.Generator().manual_seed(5)) for _ in range(3)] == \
+        [options.draw_combo(torch.Generator().manual_seed(5)) for _ in range(3)]
+    no_text = PromptOptions(max_prompts=4, text=False)
+    assert "text" not in {no_text.draw_combo(g) for _ in range(200)}
+    only = PromptOptions(max_prompts=4, combos=("text",))
+    assert {only.draw_combo(g) for _ in range(20)} == {"text"}
+    with pytest.raises(ValueError, match="text_only_share"):
+        PromptOptions(max_prompts=4, text_only_share=1.5)
