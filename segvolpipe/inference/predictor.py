@@ -29,7 +29,7 @@ from segvolpipe.inference.windows import TargetPrompt
 from segvolpipe.inference.zoom import zoom_out_zoom_in
 from segvolpipe.io.nifti import Geometry
 from segvolpipe.log import logger
-from segvolpipe.models.registry import VARIANTS
+from segvolpipe.models.registry import VARIANTS, load_model_state
 from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_name
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
@@ -128,7 +128,7 @@ def load_fold_models(folder: Path, folds: Sequence[str] | None, checkpoint: str,
             features = torch.zeros(len(MODALITIES), len(spec.vocabulary), spec.text.dim)  # the buffer is loaded
         model = build_model(spec, features)
         try:
-            model.load_state_dict(payload["model"], strict=True)
+            load_model_state(model, payload["model"])
         except RuntimeError as exc:
             raise UserError(f"checkpoint does not fit its own model ({str(exc).splitlines()[0]})", path) from None
         out.append(FoldModel(fold, path, model.to(device).eval()))

@@ -80,3 +80,17 @@ def parameter_counts(spec: ModelSpec) -> ParameterCount:
     with torch.device("meta"):
         model = build_model(spec)
     return count_parameters(model)
+
+
+#: Parameters added after models were first trained, with the value at which a model computes exactly what it
+#: computed without them (a checkpoint from before them loads as that model).
+ADDED_AT_ZERO = ("prompt_encoder.dense_prompt_box", "prompt_encoder.dense_prompt_points")
+
+
+def load_model_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """``model.load_state_dict(state, strict=True)``, a checkpoint that predates :data:`ADDED_AT_ZERO` included."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and k.endswith(ADDED_AT_ZERO)]
+    if missing:
+        state = {**state, **{k: torch.zeros_like(own[k]) for k in missing}}
+    model.load_state_dict(state, strict=True)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from segvolpipe.evaluation.metrics import dice_scores
 from segvolpipe.io.atomic import atomic_write
 from segvolpipe.log import logger, progress_bar
+from segvolpipe.models.registry import load_model_state
 from segvolpipe.models.spec import CT
 from segvolpipe.training.checkpoint import TrainState, save_checkpoint, set_rng_state
 from segvolpipe.training.config import TrainConfig
@@ -112,7 +113,7 @@ class Trainer:
     # -- state ------------------------------------------------------------------------------------------
     def restore(self, payload: dict) -> None:
         """Continue from a loaded checkpoint (see :func:`segvolpipe.training.checkpoint.load_checkpoint`)."""
-        self.model.load_state_dict(payload["model"])
+        load_model_state(self.model, payload["model"])
         if payload["optimizer"] is not None:
             self.optimizer.load_state_dict(payload["optimizer"])
         self.state = payload["state"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from segvolpipe.models.prompt_encoder import box_share, point_counts
@@ -49,3 +50,19 @@ def test_zero_dense_vectors_compute_segvol_and_trained_ones_touch_only_their_row
     changed = (boxed - ours).abs().amax(dim=(2, 3, 4)) > 0
     # rows with a box: [0, 0] and [1, 0]; the text-only row [0, 1] and the points row [1, 1] are untouched
     assert changed.tolist() == [[True, False], [True, False]]
+
+
+def test_a_checkpoint_from_before_the_dense_prompt_loads_as_that_model(image) -> None:
+    from segvolpipe.models.registry import ADDED_AT_ZERO, load_model_state
+
+    torch.manual_seed(0)
+    trained = build_model(tiny_spec()).eval()
+    old_state = {k: v for k, v in trained.state_dict().items() if not k.endswith(ADDED_AT_ZERO)}
+    assert len(old_state) == len(trained.state_dict()) - 2
+    fresh = build_model(tiny_spec()).eval()
+    with torch.no_grad():
+        fresh.prompt_encoder.dense_prompt_box.fill_(3.0)  # whatever it held, the old checkpoint's model has zeros
+        load_model_state(fresh, old_state)
+        assert torch.equal(fresh(image, mixed_prompts()), trained(image, mixed_prompts()))
+    with pytest.raises(RuntimeError, match="Missing key"):  # anything else missing is still an error
+        load_model_state(fresh, {k: v for k, v in old_state.items() if not k.startswith("mask_decoder.")})
