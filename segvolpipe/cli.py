@@ -119,7 +119,7 @@ def pseudomask(
     rule: Annotated[Rule, typer.Option("--rule", help="fh: Felzenszwalb–Huttenlocher's adaptive criterion; percentile: SegVol's shipped rule.")] = Rule.fh,
     scale: Annotated[float, typer.Option("--scale", help="FH scale constant k (larger → larger regions).")] = 1.0,
     sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing σ in voxels of the finest axis (scaled by spacing per axis).")] = 0.8,
-    min_size: Annotated[int, typer.Option("--min-size", help="Graph components smaller than this (voxels) merge into their cheapest neighbour.")] = 500,
+    min_size: Annotated[int | None, typer.Option("--min-size", help="Graph components smaller than this (voxels) merge into their cheapest neighbour (default: SegVol's 1000 per 256×256×32 voxels, scaled to the volume).")] = None,
     min_fraction: Annotated[float, typer.Option("--min-fraction", help="Regions and pieces below this fraction of the voxels are dropped (SegVol's code: 0.001 = 0.1 %).")] = 0.001,
     percentile: Annotated[float, typer.Option("--percentile", help="Rule percentile: merge edges below this percentile of non-zero weights.")] = 25.0,
     diagonals: Annotated[bool, typer.Option("--diagonals/--no-diagonals", help="Also SegVol's in-plane diagonal edges.")] = False,

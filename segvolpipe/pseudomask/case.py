@@ -18,18 +18,27 @@ from segvolpipe.pseudomask.clean import clean_regions, merge_ground_truth
 from segvolpipe.pseudomask.metrics import best_match_dice, body_mask, coverage
 
 
+SEGVOL_MIN_SIZE = 1000  # SegVol's code: components below 1000 voxels merge ...
+SEGVOL_GRID_VOXELS = 256 * 256 * 32  # ... on its 256×256×32 working grid
+MIN_SIZE_FLOOR = 8
+
+
 @dataclass(frozen=True)
 class PseudomaskSettings:
     """Everything that determines a pseudo-mask (recorded in every output's hash).
 
     ``min_fraction`` is SegVol's code's threshold: 0.001 *of the voxels* (0.1 %). One seed report says
     "0.001 %"; pass ``min_fraction=0.00001`` for that reading.
+
+    ``min_size`` None (the default) scales SegVol's 1000 voxels on its 256×256×32 working grid to the volume
+    segmented (:meth:`min_size_for`): 500 for a 64×128×128 volume, 232 for a 76×80×80 one. A fixed count
+    meant for one grid swallows whole organs on a coarser one.
     """
 
     rule: str = "fh"
     k: float = 1.0
     sigma: float = 0.8
-    min_size: int = 500
+    min_size: int | None = None
     min_fraction: float = 0.001
     percentile: float = 25.0
     diagonals: bool = False
@@ -40,10 +49,16 @@ class PseudomaskSettings:
         from segvolpipe.pseudomask.graph import check_rule
 
         check_rule(self.rule)
-        if self.k <= 0 or self.sigma < 0 or self.min_size < 1 or not 0 <= self.min_fraction < 1:
+        if self.k <= 0 or self.sigma < 0 or (self.min_size is not None and self.min_size < 1) or not 0 <= self.min_fraction < 1:
             raise UserError("pseudomask settings: need k > 0, sigma ≥ 0, min-size ≥ 1 and 0 ≤ min-fraction < 1")
         if self.working_grid is not None and min(self.working_grid) < 2:
             raise UserError(f"--working-grid must be three sizes ≥ 2, got {self.working_grid}")
+
+    def min_size_for(self, n_voxels: int) -> int:
+        """Components smaller than this merge into a neighbour, for a volume of ``n_voxels`` voxels."""
+        if self.min_size is not None:
+            return self.min_size
+        return max(MIN_SIZE_FLOOR, int(round(SEGVOL_MIN_SIZE * n_voxels / SEGVOL_GRID_VOXELS)))
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -94,9 +109,10 @@ def segment_case(image: np.ndarray, spacing: tuple[float, float, float], s: Pseu
         grid = tuple(int(v) for v in s.working_grid)
         work = resample_volume(image, grid, "linear")
         work_spacing = tuple(sp * n / g for sp, n, g in zip(spacing, shape, grid, strict=True))
-        regions = segment_graph(work, work_spacing, s.rule, s.k, s.sigma, s.min_size, s.percentile, s.diagonals)
+        regions = segment_graph(work, work_spacing, s.rule, s.k, s.sigma, s.min_size_for(work.size), s.percentile,
+                                s.diagonals)
         return resample_volume(regions, shape, "nearest").astype(np.int32, copy=False)
-    return segment_graph(image, spacing, s.rule, s.k, s.sigma, s.min_size, s.percentile, s.diagonals)
+    return segment_graph(image, spacing, s.rule, s.k, s.sigma, s.min_size_for(image.size), s.percentile, s.diagonals)
 
 
 def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:

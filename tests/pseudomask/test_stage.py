@@ -131,3 +131,15 @@ def test_working_grid_maps_back_to_the_case_grid(roots: dict[str, Path]) -> None
         seg = load_npy(folder / "3d_lite" / f"{cid}_seg.npy")
         assert pm.shape == seg.shape
         assert (pm > 7).any()  # pseudo regions survive the round trip through the working grid
+
+
+def test_min_size_default_scales_segvols_count_to_the_volume() -> None:
+    from segvolpipe.pseudomask.case import MIN_SIZE_FLOOR, PseudomaskSettings
+
+    auto = PseudomaskSettings()
+    assert auto.min_size_for(256 * 256 * 32) == 1000  # SegVol's own grid and count
+    assert auto.min_size_for(64 * 128 * 128) == 500
+    assert auto.min_size_for(76 * 80 * 80) == 232
+    assert auto.min_size_for(10) == MIN_SIZE_FLOOR
+    assert PseudomaskSettings(min_size=77).min_size_for(64 * 128 * 128) == 77
+    assert auto.key() != PseudomaskSettings(min_size=500).key()  # the hash tells the two apart
