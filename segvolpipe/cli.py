@@ -170,8 +170,10 @@ def models(
 @app.command("train")
 @handles_errors
 def train(
-    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset (default: the only preprocessed one).")] = None,
+    dataset: Annotated[list[str] | None, typer.Option("-d", "--dataset", help="Dataset (default: the only preprocessed one); repeat it (-d 17 -d 18) to train one universal model on several.")] = None,
     variant: Annotated[Variant, typer.Option("--variant", help="Model variant.")] = Variant.segvol,
+    name: Annotated[str | None, typer.Option("--name", help="Universal model's name: results/Universal_{name} (default: the dataset ids joined).")] = None,
+    weight: Annotated[list[float] | None, typer.Option("--weight", help="Universal training: share of steps per dataset, in -d order (repeatable; default equal).")] = None,
     configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration (default: the plans' default).")] = None,
     fold: Annotated[list[str] | None, typer.Option("--fold", "-f", help="Fold 0-4 or 'all' (repeatable; default 0).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default: the plans').")] = None,
@@ -181,6 +183,7 @@ def train(
     time_budget: Annotated[str | None, typer.Option("--time-budget", help="Stop after this long (600, 10m, 1.5h); the schedule is fitted to it.")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,
     init: Annotated[str | None, typer.Option("--init", help="Start from a results folder or checkpoint (so3/prior: default the trained segvol).")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="segvol with --init: LoRA adapters (rank 8, rsLoRA, ViT qkv/MLP, decoder q/v) on a frozen base, the plain-LoRA baseline of the CT→MRI study.")] = False,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from SegVol's released weights (3d_segvol).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint_latest.pt exactly.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard an existing run of this fold.")] = False,
@@ -193,15 +196,23 @@ def train(
 ) -> None:
     """Train a model variant on a preprocessed dataset (per fold, resumable, CPU, one GPU or many)."""
     from segvolpipe.reporting import print_train
-    from segvolpipe.training.stage import TrainOptions, run_train
+    from segvolpipe.training.stage import TrainOptions, run_train, run_train_universal
 
     options = TrainOptions(
         variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=parse_duration(time_budget),
-        device=device.value, init=init, pretrained=pretrained, resume=resume, overwrite=overwrite,
+        device=device.value, init=init, lora=lora, pretrained=pretrained, resume=resume, overwrite=overwrite,
         rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress,
     )
-    print_train(run_train(dataset, options))
+    datasets = list(dataset or [])
+    if len(datasets) > 1:
+        print_train(run_train_universal(datasets, options, weight, name))
+        return
+    if weight or name:
+        from segvolpipe.errors import UserError
+
+        raise UserError("--weight and --name are for universal training over several datasets (-d A -d B)")
+    print_train(run_train(datasets[0] if datasets else None, options))
 
 
 @app.command("predict")
@@ -209,7 +220,7 @@ def train(
 def predict(
     input_: Annotated[Path, typer.Option("-i", "--input", help="Folder of images ({case}_0000.nii.gz, one file per channel) or one image file.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: {case}.nii.gz label maps and predictions.json.")],
-    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose trained model to use (default: the only trained model).")] = None,
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose trained model to use (default: the only trained model); with a universal model (-m), the dataset the images come from (its preprocessing and classes).")] = None,
     model: Annotated[Path | None, typer.Option("-m", "--model", help="A results folder results/DatasetXXX/{variant}__{configuration}.")] = None,
     configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration of the model (with -d).")] = None,
     variant: Annotated[Variant | None, typer.Option("--variant", help="Variant of the model (with -d).")] = None,
@@ -257,7 +268,7 @@ def predict(
 @app.command("evaluate")
 @handles_errors
 def evaluate(
-    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose trained model to evaluate (with --pred/--ref: whose dataset.json labels to use).")] = None,
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset whose trained model to evaluate (with --pred/--ref: whose dataset.json labels to use; with a universal model, -m: the dataset to score it on).")] = None,
     model: Annotated[Path | None, typer.Option("-m", "--model", help="A results folder results/DatasetXXX/{variant}__{configuration}.")] = None,
     configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration of the model (with -d).")] = None,
     variant: Annotated[Variant | None, typer.Option("--variant", help="Variant of the model (with -d).")] = None,

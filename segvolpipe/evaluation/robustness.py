@@ -195,7 +195,8 @@ def aggregate(cases: Mapping[str, Mapping[str, Any]], names: Sequence[str],
 
 
 def run_rotation(folder: Path, cases: Sequence[RotationCase], settings: RotationSettings, out: Path,
-                 source: str, device: str = "auto", overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                 source: str, device: str = "auto", overwrite: bool = False, progress: bool = True,
+                 dataset: str | None = None) -> dict[str, Any]:
     """Run the rotation test on ``cases`` with the model of ``folder``; write ``out/rotation.json`` and its figures.
 
     Cases already done with the same model, settings and input files (recorded in ``rotation.json``) are kept;
@@ -227,11 +228,11 @@ def run_rotation(folder: Path, cases: Sequence[RotationCase], settings: Rotation
         if state["fold"] != fold:
             state["predictor"] = None  # free the previous fold's model first
             state["predictor"] = Predictor(folder, folds=None if fold is None else (fold,), mode=settings.mode,
-                                           device=device)
+                                           device=device, dataset=dataset)
             state["fold"], state["mode"] = fold, state["predictor"].mode
         return state["predictor"]
 
-    names = _class_names(folder)
+    names = _class_names(folder, dataset)
     mode = next((r.get("mode") for r in records.values() if r.get("mode")), settings.mode)
 
     def save() -> dict[str, Any]:
@@ -287,10 +288,12 @@ def _column(report: Mapping[str, Any], measure: str) -> list[float]:
     return [_num(c.get(measure)) for c in report["classes"].values()]
 
 
-def _class_names(folder: Path) -> list[str]:
+def _class_names(folder: Path, dataset: str | None = None) -> list[str]:
     from segvolpipe.planning.plans import load_plans
+    from segvolpipe.training.universal import dataset_folder
 
-    return [n for v, n in sorted(load_plans(folder / "plans.json").label_names.items()) if v > 0]
+    plans = load_plans((dataset_folder(folder, dataset) if dataset else folder) / "plans.json")
+    return [n for v, n in sorted(plans.label_names.items()) if v > 0]
 
 
 def _reusable(case: RotationCase, settings: RotationSettings) -> bool:

@@ -189,22 +189,33 @@ def folder_labels(labels: str | None, dataset: str | None, ref: Path) -> tuple[d
 def evaluate_model(options: EvaluateOptions) -> EvaluateResult:
     """Score a trained model's test or cross-validation predictions, run the rotation test, draw the figures."""
     from segvolpipe.inference.predictor import resolve_model_folder
+    from segvolpipe.training.universal import dataset_folder, load_universal
 
     folder = resolve_model_folder(options.dataset, options.model, options.configuration, options.variant)
-    spec = load_dataset_spec(folder)
-    raw = raw_root() / folder.parent.name
+    universal = load_universal(folder)
+    dataset, subfolder = None, ""
+    if options.dataset is not None and (folder / "datasets").is_dir():  # a model that knows several datasets
+        chosen = dataset_folder(folder, options.dataset).name
+        if chosen != folder.parent.name:  # scored on another of its datasets, in evaluation/{DatasetXXX}/
+            dataset = subfolder = chosen
+    elif universal is not None:
+        raise UserError(f"a universal model is evaluated on one of its datasets: add -d "
+                        f"({', '.join(universal.datasets)})", folder)
+    spec = load_dataset_spec(folder / "datasets" / dataset if dataset else folder)
+    raw = raw_root() / (dataset or folder.parent.name)
     if not raw.is_dir():
         raise UserError("raw dataset not found: its reference labels are needed to evaluate the model", raw)
-    out = folder / EVALUATION
+    out = folder / EVALUATION / subfolder
     out.mkdir(parents=True, exist_ok=True)
     with stage_lock(out, "evaluate"):
         remove_stale_temporaries(out)  # what a killed run was writing
         labels = {value: name for name, value in spec.labels}
-        tested = _test_cases(folder, raw, spec, options)
+        tested = _test_cases(folder, raw, spec, options, out, dataset)
         if tested is not None:
             source, (cases, failures, predictions) = "test", tested
         else:
-            source, (cases, failures), predictions = "cross-validation", _validation_cases(folder, raw, spec), None
+            source, (cases, failures), predictions = ("cross-validation", _validation_cases(folder, raw, spec, subfolder),
+                                                      None)
         if not cases and not failures:
             raise UserError(f"nothing to evaluate: no imagesTs/labelsTs in {raw} and no cross-validation "
                             "predictions (fold_k/validation/*.nii.gz): train with validation folds or add a test "
@@ -229,7 +240,7 @@ def evaluate_model(options: EvaluateOptions) -> EvaluateResult:
                                            c.prediction if source == "test" else None) for c in chosen]
             settings = RotationSettings(options.angles, options.prompt, options.mode, options.sweep)
             result.rotation = run_rotation(folder, rotation_cases, settings, out, source, options.device,
-                                           options.overwrite, options.progress)
+                                           options.overwrite, options.progress, dataset)
             result.failures += [{"case": f["case"], "file": "", "error": f"rotation test: {f['error']}"}
                                 for f in result.rotation["failures"]]
             result.files += [out / "rotation.json", out / "rotation_bars.png"]
@@ -238,8 +249,8 @@ def evaluate_model(options: EvaluateOptions) -> EvaluateResult:
         return result
 
 
-def _test_cases(folder: Path, raw: Path, spec: DatasetSpec,
-                options: EvaluateOptions) -> tuple[list[_Case], list[dict[str, str]], Path] | None:
+def _test_cases(folder: Path, raw: Path, spec: DatasetSpec, options: EvaluateOptions, out: Path,
+                dataset: str | None) -> tuple[list[_Case], list[dict[str, str]], Path] | None:
     """Predict ``imagesTs`` into ``evaluation/test_predictions`` when ``labelsTs`` exists; None when it does not."""
     from segvolpipe.inference.stage import PredictOptions, run_predict
 
@@ -250,9 +261,9 @@ def _test_cases(folder: Path, raw: Path, spec: DatasetSpec,
     if not labelled:
         logger.info("%s holds no labelled test case: scoring the cross-validation predictions", raw / "labelsTs")
         return None
-    output = folder / EVALUATION / TEST_PREDICTIONS
+    output = out / TEST_PREDICTIONS
     predicted = run_predict(raw / "imagesTs", output, PredictOptions(
-        model=str(folder), mode=options.mode, device=options.device, workers=options.workers or 1,
+        model=str(folder), dataset=dataset, mode=options.mode, device=options.device, workers=options.workers or 1,
         overwrite=options.overwrite, progress=options.progress))
     failures = [_problem(p) for p in problems]
     cases = []
@@ -265,16 +276,19 @@ def _test_cases(folder: Path, raw: Path, spec: DatasetSpec,
     return cases, failures, output
 
 
-def _validation_cases(folder: Path, raw: Path, spec: DatasetSpec) -> tuple[list[_Case], list[dict[str, str]]]:
-    """Every fold's ``validation/{case}.nii.gz`` with its raw images and ``labelsTr`` reference (first fold wins)."""
+def _validation_cases(folder: Path, raw: Path, spec: DatasetSpec,
+                      subfolder: str = "") -> tuple[list[_Case], list[dict[str, str]]]:
+    """Every fold's ``validation/{case}.nii.gz`` (a universal model's: ``validation/{DatasetXXX}/``) with its raw
+    images and ``labelsTr`` reference (first fold wins)."""
     found, _, _ = discover_cases(raw, spec, "Tr", require_labels=False)
     by_case = {c.case_id: c for c in found}
-    folds = sorted(folder.glob("fold_*/validation"), key=lambda p: _fold_order(p.parent.name.removeprefix("fold_")))
+    folds = sorted((p / subfolder for p in folder.glob("fold_*/validation") if (p / subfolder).is_dir()),
+                   key=lambda p: _fold_order(p.parents[len(Path(subfolder).parts)].name.removeprefix("fold_")))
     cases: list[_Case] = []
     failures: list[dict[str, str]] = []
     seen: dict[str, str] = {}
     for validation in folds:
-        fold = validation.parent.name.removeprefix("fold_")
+        fold = validation.parents[len(Path(subfolder).parts)].name.removeprefix("fold_")
         for path in sorted(validation.iterdir()):
             case = strip_nifti_suffix(path.name)
             if case is None or path.name.startswith("."):

@@ -30,7 +30,7 @@ from segvolpipe.inference.zoom import zoom_out_zoom_in
 from segvolpipe.io.nifti import Geometry
 from segvolpipe.log import logger
 from segvolpipe.models.registry import VARIANTS, load_model_state
-from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_name
+from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_name, plans_modality
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
 from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_to_canonical
@@ -140,7 +140,7 @@ def _check_fits_folder(folder: Path, plans: Plans, spec: ModelSpec, path: Path) 
     """A checkpoint of another configuration or variant than its folder's (a file copied into the wrong
     ``{variant}__{configuration}`` folder) is refused by name instead of predicting with other settings; a folder
     renamed to anything else is not judged by its name."""
-    made_for = f"{spec.variant}__{spec.configuration}"
+    made_for = spec.run_name
     if spec.configuration not in plans.configurations:
         raise UserError(f"checkpoint was made for configuration {spec.configuration!r}, which the folder's plans.json "
                         f"does not have ({', '.join(plans.configurations)})", path)
@@ -166,10 +166,15 @@ class Predictor:
     """Loaded fold models of one results folder and the settings to predict with them."""
 
     def __init__(self, folder: Path, folds: Sequence[str] | None = None, checkpoint: str = "final",
-                 mode: str | None = None, tta: bool = False, step: float | None = None, device: str = "auto") -> None:
+                 mode: str | None = None, tta: bool = False, step: float | None = None, device: str = "auto",
+                 dataset: str | None = None) -> None:
+        """``dataset``: for a universal model, the dataset the cases come from: its preprocessing and its classes
+        (label values) are used; None: the folder's plans.json (a universal model's reference preprocessing and
+        all its classes)."""
         from segvolpipe.training.stage import resolve_device
+        from segvolpipe.training.universal import dataset_folder
 
-        plans = load_plans(folder / "plans.json")
+        plans = load_plans((dataset_folder(folder, dataset) if dataset else folder) / "plans.json")
         torch_device = torch.device(resolve_device(device))
         spec, models = load_fold_models(folder, folds, checkpoint, torch_device)
         _check_fits_folder(folder, plans, spec, models[0].path)
@@ -204,14 +209,15 @@ class Predictor:
         self.threshold = inference.threshold
         self.settings = PreprocessSettings(self.conf.target_spacing, plans.normalization, self.conf.image_order,
                                            self.conf.label_order)
-        self.modality = 0 if spec.modality == CT else 1
+        self.modality = 0 if plans_modality(plans) == CT else 1  # the cases' (a universal model's datasets differ)
 
     @property
     def labels(self) -> dict[int, str]:
         return {v: n for v, n in self.plans.label_names.items() if v > 0}
 
     def describe(self) -> dict[str, Any]:
-        return {"model": str(self.folder), "variant": self.spec.variant, "configuration": self.spec.configuration,
+        return {"model": str(self.folder), "plans": self.plans.dataset, "variant": self.spec.variant,
+                "configuration": self.spec.configuration,
                 "folds": [m.fold for m in self.models], "checkpoints": [str(m.path) for m in self.models],
                 "mode": self.mode, "step": 1.0 - self.overlap, "tta": bool(self.mirror_axes),
                 "device": str(self.device)}

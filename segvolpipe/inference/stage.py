@@ -145,11 +145,15 @@ _CACHE: dict[tuple, Predictor] = {}
 
 
 def _predictor(folder: Path, options: PredictOptions) -> Predictor:
-    key = (str(folder), options.folds, options.checkpoint, options.mode, options.tta, options.step, options.device)
+    # with a model that knows several datasets (universal, or adapted from another dataset's model), -d names the
+    # dataset the cases come from: its preprocessing and classes
+    dataset = options.dataset if (folder / "datasets").is_dir() else None
+    key = (str(folder), options.folds, options.checkpoint, options.mode, options.tta, options.step, options.device,
+           dataset)
     if key not in _CACHE:
         _CACHE.clear()
         _CACHE[key] = Predictor(folder, options.folds, options.checkpoint, options.mode, options.tta, options.step,
-                                options.device)
+                                options.device, dataset)
     return _CACHE[key]
 
 

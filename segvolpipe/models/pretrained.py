@@ -108,6 +108,12 @@ def load_pretrained(model: nn.Module, path: Path, clip_tokenizer: Path | None = 
             configuration: SegVol's weights need ``-c 3d_segvol`` and one input channel).
     """
     state, layout = read_state_dict(path)
+    return load_state(model, state, path, layout, clip_tokenizer)
+
+
+def load_state(model: nn.Module, state: dict[str, Tensor], path: Path, layout: str,
+               clip_tokenizer: Path | None = None) -> LoadReport:
+    """:func:`load_pretrained` for tensors already read from ``path`` (in this project's names)."""
     report = LoadReport(str(path), layout)
     own = model.state_dict()
     to_load: dict[str, Tensor] = {}

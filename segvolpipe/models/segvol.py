@@ -2,6 +2,7 @@
 
 The image is encoded once; its ``P`` prompts are decoded together in one decoder call. Sub-modules carry
 SegVol's names, so a SegVol checkpoint maps onto this model key for key (:mod:`segvolpipe.models.pretrained`).
+With ``spec.lora`` the base is frozen and LoRA adapters (always on) are its only trainable parameters.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segvolpipe.models.image_encoder import ImageEncoder
-from segvolpipe.models.lora import AdapterRouter
+from segvolpipe.models.lora import AdapterRouter, freeze, inject_lora
 from segvolpipe.models.mask_decoder import MaskDecoder
 from segvolpipe.models.prompt_encoder import FlatPrompts, PromptEncoder, Prompts
 from segvolpipe.models.spec import ModelSpec
@@ -36,6 +37,9 @@ class SegVolModel(nn.Module):
         # Which rows of the current call run through the modality adapters (the ``prior`` variant's gate);
         # shared by reference with every adapter layer, empty for the plain model.
         self.router = AdapterRouter()
+        if spec.lora is not None:  # the plain-LoRA baseline: ungated adapters on a frozen base
+            freeze(self)
+            self.lora_layers = inject_lora(self, spec.lora, self.router)
 
     @property
     def input_size(self) -> tuple[int, int, int]:

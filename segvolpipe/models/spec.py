@@ -56,6 +56,11 @@ def lateral_permutation(names: Sequence[str]) -> tuple[int, ...] | None:
     return None if perm == tuple(range(len(names))) else perm
 
 
+def plans_modality(plans: Plans) -> str:
+    """``ct`` when every channel of a dataset is named CT, else ``mri`` (a multi-channel MRI study stays MRI)."""
+    return CT if {modality_of_channel(c) for c in plans.channel_names} == {CT} else MRI
+
+
 def modality_of_channel(channel_name: str) -> str:
     """``ct`` for a channel named CT (any case), ``mri`` for every other channel name (T1, T2, FLAIR, ADC …)."""
     return CT if channel_name.strip().lower() == "ct" else MRI
@@ -139,6 +144,8 @@ class ModelSpec:
         modality: Modality of the training data (``ct`` / ``mri``), from the dataset's channel names.
         point_tokens: Point tokens per prompt (the fixed prompt layout; fewer points are padded).
         text, so3, prior: The variant options.
+        lora: ``segvol`` only: LoRA adapters, always on, on a frozen base (the plain-LoRA baseline of a transfer,
+            ``segvol train --init CT_MODEL --lora``); None (default) for the plain model.
     """
 
     variant: str
@@ -154,8 +161,11 @@ class ModelSpec:
     text: TextOptions = field(default_factory=TextOptions)
     so3: SO3Options = field(default_factory=SO3Options)
     prior: PriorOptions = field(default_factory=PriorOptions)
+    lora: LoRAOptions | None = None
 
     def __post_init__(self) -> None:
+        if self.lora is not None and self.variant != "segvol":
+            raise ValueError(f"spec.lora is for the segvol variant ({self.variant} has its own adapters)")
         if self.in_channels < 1:
             raise ValueError("a model needs at least one input channel")
         if self.modality not in MODALITIES:
@@ -186,6 +196,12 @@ class ModelSpec:
         """The same for vocabulary indices (text prompts), or None."""
         return lateral_permutation(self.vocabulary)
 
+    @property
+    def run_name(self) -> str:
+        """The results folder name of this model: ``{variant}__{configuration}``, and ``segvol-lora__…`` for the
+        plain-LoRA baseline (which must not share a folder with a fully fine-tuned ``segvol``)."""
+        return f"{self.variant}{'-lora' if self.lora is not None else ''}__{self.configuration}"
+
     def with_variant(self, variant: str, **options: Any) -> ModelSpec:
         return replace(self, variant=variant, **options)
 
@@ -205,8 +221,7 @@ def spec_from_plans(plans: Plans, configuration: str | None, variant: str = "seg
     conf = plans.configuration(configuration)
     labels = tuple(name for name, value in sorted(plans.labels, key=lambda t: t[1]) if value > 0)
     vocabulary = tuple(dict.fromkeys(normalise_label_name(n) for n in labels))
-    modalities = {modality_of_channel(c) for c in plans.channel_names}
-    modality = CT if modalities == {CT} else MRI
+    modality = plans_modality(plans)
     return ModelSpec(variant=variant, configuration=conf.name, in_channels=len(plans.channel_names),
                      vit=conf.vit, decoder=conf.decoder, unet=conf.unet, labels=labels, vocabulary=vocabulary,
                      modality=modality, **options)

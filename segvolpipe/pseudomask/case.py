@@ -17,7 +17,6 @@ from segvolpipe.io.dataset import files_hash
 from segvolpipe.pseudomask.clean import clean_regions, merge_ground_truth
 from segvolpipe.pseudomask.metrics import best_match_dice, body_mask, coverage
 
-
 SEGVOL_MIN_SIZE = 1000  # SegVol's code: components below 1000 voxels merge ...
 SEGVOL_GRID_VOXELS = 256 * 256 * 32  # ... on its 256×256×32 working grid
 MIN_SIZE_FLOOR = 8

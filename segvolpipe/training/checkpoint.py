@@ -82,15 +82,17 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read one of our checkpoints (``weights_only=True``); any problem is one :class:`UserError` naming it."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Read one of our checkpoints (``weights_only=True``); any problem is one :class:`UserError` naming it.
+
+    ``mmap``: map the tensors instead of reading them (cheap when only the spec or config is needed)."""
     if not path.is_file():
         raise UserError("no such checkpoint", path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's own message would be misleading
         raise UserError("corrupted or unreadable checkpoint (not a complete PyTorch zip archive: truncated, or "
                         "another kind of file)", path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupted or foreign files
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"corrupted or unreadable checkpoint ({first})", path) from None
@@ -103,13 +105,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_same_spec(payload: dict[str, Any], spec_json: dict[str, Any], path: Path) -> None:
-    """A checkpoint made for another model (configuration, sizes, labels, variant) is refused by name."""
-    theirs = payload["spec"]
+    """A checkpoint made for another model (configuration, sizes, labels, variant) is refused by name; fields added
+    to the spec since the checkpoint was written count as their defaults."""
+    theirs, spec_json = _with_defaults(payload["spec"]), _with_defaults(spec_json)
     if theirs == spec_json:
         return
     diffs = [k for k in spec_json if theirs.get(k) != spec_json.get(k)]
     detail = ", ".join(f"{k}: {_short(theirs.get(k))} vs {_short(spec_json.get(k))}" for k in diffs[:2])
     raise UserError(f"checkpoint was made for another model ({detail})", path)
+
+
+def _with_defaults(spec_json: dict[str, Any]) -> dict[str, Any]:
+    """``spec_json`` through :class:`ModelSpec` (missing fields get their defaults), or as it is if unreadable."""
+    from segvolpipe.models.spec import ModelSpec
+
+    try:
+        return ModelSpec.from_json(spec_json).to_json()
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return spec_json
 
 
 def _short(value: Any) -> str:

@@ -15,6 +15,7 @@ from segvolpipe.models.spec import ModelSpec
 from segvolpipe.planning.plans import Plans
 from segvolpipe.training.data import SamplingOptions
 from segvolpipe.training.prompts import PromptOptions
+from segvolpipe.training.universal import UniversalPlan
 
 FOLDS = ("0", "1", "2", "3", "4", "all")
 
@@ -38,6 +39,7 @@ class TrainConfig:
         sampling, prompts: Data and prompt sampling.
         init: Results folder or checkpoint the model starts from (``so3``/``prior``: the trained ``segvol``).
         pretrained: SegVol checkpoint to start from.
+        universal: The datasets of a universal model (``dataset`` is then its ``Universal_…`` name), else None.
         gpus: Processes (one per GPU; CPU processes with gloo when ``device`` is ``cpu``).
     """
 
@@ -65,6 +67,7 @@ class TrainConfig:
     init: str | None = None
     pretrained: str | None = None
     gpus: int = 1
+    universal: UniversalPlan | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

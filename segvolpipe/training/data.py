@@ -270,26 +270,47 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-class _Batches(Dataset):
-    """Map-style dataset of whole batches keyed by ``(epoch, iteration, rank)``."""
+@dataclass(frozen=True)
+class TrainingSource:
+    """One dataset's cases for a :class:`TrainingLoader` (a universal model's loader has several).
 
-    def __init__(
-        self, store: CaseStore, case_ids: Sequence[str], options: SamplingOptions, seed: int
-    ) -> None:
-        self.store, self.case_ids, self.options, self.seed = store, tuple(case_ids), options, int(seed)
+    Attributes:
+        store: The cases.
+        case_ids: The training cases (each sample draws one uniformly).
+        options: Sampling options (the input size is shared; ``label_mirror`` is the dataset's own).
+        weight: Relative share of batches drawn from this source.
+    """
+
+    store: CaseStore
+    case_ids: tuple[str, ...]
+    options: SamplingOptions
+    weight: float = 1.0
+
+
+class _Batches(Dataset):
+    """Map-style dataset of whole batches keyed by ``(epoch, iteration, rank)``; each batch from one source."""
+
+    def __init__(self, sources: Sequence[TrainingSource], seed: int) -> None:
+        self.sources, self.seed = tuple(sources), int(seed)
+        self.weights = [s.weight for s in self.sources]
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        from segvolpipe.training.universal import step_source
+
         epoch, iteration, rank = key
+        index = step_source(self.weights, self.seed, epoch, iteration)
+        source = self.sources[index]
         samples = []
-        for b in range(self.options.batch_size):
+        for b in range(source.options.batch_size):
             rng = np.random.default_rng([self.seed, epoch, iteration, rank, b])
-            case = self.case_ids[int(rng.integers(len(self.case_ids)))]
-            samples.append(make_sample(self.store, case, rng, self.options))
+            case = source.case_ids[int(rng.integers(len(source.case_ids)))]
+            samples.append(make_sample(source.store, case, rng, source.options))
         return {
             "image": torch.from_numpy(np.stack([s["image"] for s in samples])),
             "label": torch.from_numpy(np.stack([s["label"] for s in samples]).astype(np.int64)),
             "pseudo": torch.from_numpy(np.stack([s["pseudo"] for s in samples]).astype(np.int64)),
             "zoom_out": torch.from_numpy(np.array([bool(s["zoom_out"]) for s in samples])),
+            "source": torch.tensor(index, dtype=torch.long),
         }
 
 
@@ -318,17 +339,22 @@ class TrainingLoader:
         options: Sampling options.
         seed: Base seed.
         workers: Background processes; 0 builds batches in the calling process.
+        more: Further sources (a universal model's other datasets): each batch then comes from one source, drawn
+            by :func:`~segvolpipe.training.universal.step_source`, and carries its index as ``source``.
     """
 
     def __init__(
-        self, store: CaseStore, case_ids: Sequence[str], options: SamplingOptions, seed: int, workers: int = 2
+        self, store: CaseStore, case_ids: Sequence[str], options: SamplingOptions, seed: int, workers: int = 2,
+        weight: float = 1.0, more: Sequence[TrainingSource] = (),
     ) -> None:
-        if not case_ids:
-            raise UserError("no training cases")
+        sources = (TrainingSource(store, tuple(case_ids), options, weight), *more)
+        for source in sources:
+            if not source.case_ids:
+                raise UserError(f"no training cases in {source.store.folder}")
         self.options, self.seed, self.workers = options, int(seed), int(workers)
         self._keys = _Keys()
         self._loader = DataLoader(
-            _Batches(store, case_ids, options, seed),
+            _Batches(sources, seed),
             batch_size=None,
             sampler=self._keys,
             num_workers=self.workers,
@@ -347,7 +373,7 @@ class TrainingLoader:
         Returns:
             An iterator of batches:
             ``image`` float32 ``[B, C, Z, Y, X]``, ``label`` int64 ``[B, Z, Y, X]``, ``pseudo`` int64
-            ``[B, Z, Y, X]``, ``zoom_out`` bool ``[B]``. Sample ``b`` of iteration ``i`` comes from
+            ``[B, Z, Y, X]``, ``zoom_out`` bool ``[B]``, ``source`` long scalar (the source's index). Sample ``b`` of iteration ``i`` comes from
             ``np.random.default_rng([seed, epoch, i, rank, b])``: each rank draws its own shard of
             samples (cases are drawn from all of ``case_ids`` on every rank).
         """

@@ -25,7 +25,10 @@ from segvolpipe.planning.plans import Plans, load_plans
 from segvolpipe.planning.splits import load_splits
 from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
 from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
+from segvolpipe.training.data import SamplingOptions
 from segvolpipe.training.trainer import Distributed, FoldFiles
+from segvolpipe.training.transfer import init_checkpoint, is_transfer, load_transferred, training_spec
+from segvolpipe.training.universal import UniversalPlan, plan_universal, universal_spec
 
 ADAPTED = ("so3", "prior")  # variants that start from a trained segvol model
 BUDGET_EPOCH_CAP = 10_000
@@ -45,6 +48,7 @@ class TrainOptions:
     time_budget_s: float | None = None
     device: str = "auto"
     init: str | None = None
+    lora: bool = False
     pretrained: str | None = None
     resume: bool = False
     overwrite: bool = False
@@ -96,6 +100,11 @@ def results_folder(dataset: str, variant: str, configuration: str) -> Path:
     return results_root() / dataset / f"{variant}__{configuration}"
 
 
+def run_folder(dataset: str, spec: ModelSpec) -> Path:
+    """``results/{dataset}/{spec.run_name}``: ``segvol-lora__…`` for the plain-LoRA baseline."""
+    return results_root() / dataset / spec.run_name
+
+
 def _copy_metadata(pre: Path, out: Path) -> None:
     for name in ("plans.json", "dataset.json", "fingerprint.json"):
         if (pre / name).exists():
@@ -117,13 +126,7 @@ def _fold_cases(pre: Path, fold: str) -> tuple[list[str], list[str]]:
 def _init_source(config: TrainConfig, options: TrainOptions) -> tuple[Path | None, str]:
     """Checkpoint the model starts from and how it was found."""
     if options.init:
-        path = Path(options.init)
-        if path.is_dir():
-            path = path / f"fold_{config.fold}" / "checkpoint_final.pt" if (path / f"fold_{config.fold}").is_dir() \
-                else path / "checkpoint_final.pt"
-        if not path.is_file():
-            raise UserError("--init found no checkpoint_final.pt (give a results folder or a checkpoint)", path)
-        return path, "init"
+        return init_checkpoint(options.init, config.fold), "init"
     if options.pretrained:
         return Path(options.pretrained), "pretrained"
     if config.variant in ADAPTED:
@@ -141,8 +144,15 @@ def _load_init(model: torch.nn.Module, spec: ModelSpec, path: Path, kind: str) -
     from segvolpipe.models.pretrained import load_pretrained
 
     if kind in ("init", "segvol"):
-        payload = load_checkpoint(path)
+        payload = load_checkpoint(path, mmap=True)
         base = ModelSpec.from_json(payload["spec"])
+        if kind == "init" and is_transfer(spec, base):  # another dataset's model (build_config made the spec)
+            report = load_transferred(model, path)
+            logger.info("model initialised from %s, another dataset's model (%d tensors loaded, %d names added to "
+                        "its vocabulary, %d new in this variant, %d of the file unused)", path, len(report.loaded),
+                        len(spec.vocabulary) - len(base.vocabulary), len(report.new_in_variant),
+                        len(report.unexpected))
+            return
         if base.variant != "unet" and spec.variant != "unet":
             check_same_spec(payload, spec.with_variant(base.variant, so3=base.so3, prior=base.prior).to_json(), path)
     report = load_pretrained(model, path)
@@ -152,6 +162,9 @@ def _load_init(model: torch.nn.Module, spec: ModelSpec, path: Path, kind: str) -
 
 def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) -> TrainConfig:
     spec = spec_from_plans(plans, options.configuration, check_variant(options.variant))
+    # another dataset's --init model (or --lora): its sizes, this dataset's labels; before config_from_plans,
+    # which takes the crop size from the spec
+    spec = training_spec(spec, plans.dataset, options.init, fold, options.lora, options.configuration)
     epochs = options.epochs
     if epochs is None and options.time_budget_s is not None:
         epochs = BUDGET_EPOCH_CAP  # the budget decides: the schedule is fitted after the first epoch
@@ -176,14 +189,93 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
     if first.variant == "prior" and first.model.modality == CT:
         raise UserError(f"{name} is CT: the prior variant's gate sends CT through the identity expert, so it would "
                         "train nothing; train it on an MRI dataset with --init <a CT model> (segvol or so3 here)")
-    out = results_folder(name, first.variant, first.configuration)
+    out = run_folder(name, first.model)
     if launcher_rank() == 0:
         _copy_metadata(pre, out)
+        if options.init and first.model.vocabulary != spec_from_plans(plans, first.configuration).vocabulary:
+            _copy_init_datasets(options.init, first.fold, pre, out)
     results = []
     for fold in options.folds:
         config = build_config(plans, options, fold, device)
         results.append(train_fold(config, options, pre, out / f"fold_{fold}"))
     return TrainResult(name, first.variant, first.configuration, out, results)
+
+
+def run_train_universal(datasets: list[str], options: TrainOptions, weights: list[float] | None = None,
+                        name: str | None = None) -> TrainResult:
+    """Train one promptable model on several preprocessed datasets (see :mod:`segvolpipe.training.universal`).
+
+    Results go to ``results/Universal_{name}/{variant}__{configuration}/``: ``universal.json`` (datasets, weights,
+    vocabulary, each dataset's label → vocabulary index), ``plans.json`` (the reference dataset's plans with the
+    universal classes, for raw folders), and ``datasets/{DatasetXXX}/`` with each dataset's plans.json,
+    dataset.json and fingerprint.json (``segvol predict -m FOLDER -d X`` preprocesses as X).
+    """
+    names = [resolve_dataset(d, preprocessed_root()) for d in datasets]
+    plans = [load_plans(preprocessed_root() / n / "plans.json") for n in names]
+    variant = check_variant(options.variant)
+    if variant == "unet":
+        raise UserError("a universal model is promptable (segvol, so3 or prior): the unet variant has one fixed "
+                        "label set, so a class one dataset leaves unlabelled would be taught as background")
+    if options.init or options.lora or options.pretrained:
+        raise UserError("a universal model trains from scratch (so3/prior: from the universal segvol model); "
+                        "--init, --lora and --pretrained are for one dataset")
+    plan = plan_universal(plans, weights, name)
+    configuration = plans[0].configuration(options.configuration).name
+    for p in plans[1:]:
+        p.configuration(configuration)  # every dataset must have it planned (UserError naming the choices)
+    for n in names:
+        if not (preprocessed_root() / n / configuration).is_dir():
+            raise UserError(f"{n} has no preprocessed {configuration} cases: run 'segvol plan-preprocess -d {n}'",
+                            preprocessed_root() / n)
+    device = resolve_device(options.device)
+    for fold in options.folds:
+        if fold not in FOLDS:
+            raise UserError(f"unknown fold {fold!r} (0–4 or all)")
+    spec = universal_spec(plans[0], plan, configuration, variant)
+
+    def config_for(fold: str) -> TrainConfig:
+        config = build_config(plans[0], replace(options, configuration=configuration), fold, device)
+        return replace(config, dataset=plan.name, model=spec, universal=plan,
+                       sampling=replace(config.sampling, label_mirror=None))
+
+    first = config_for(options.folds[0])
+    if first.variant == "prior" and all(s.modality == CT for s in plan.sources):
+        raise UserError("every dataset is CT: the prior variant's gate sends CT through the identity expert, so it "
+                        "would train nothing")
+    out = results_folder(plan.name, variant, configuration)
+    if launcher_rank() == 0:
+        _write_universal_metadata(out, plans, plan)
+    results = [train_fold(config_for(fold), options, preprocessed_root() / names[0], out / f"fold_{fold}")
+               for fold in options.folds]
+    return TrainResult(plan.name, variant, configuration, out, results)
+
+
+def _copy_init_datasets(init: str, fold: str, pre: Path, out: Path) -> None:
+    """A model transferred from another dataset's model still segments that dataset's images (``prior``: exactly as
+    before): ``datasets/`` gets the init model's datasets' metadata and this dataset's, so ``segvol predict -m OUT
+    -d X`` preprocesses as X."""
+    checkpoint = init_checkpoint(init, fold)
+    folder = checkpoint.parent.parent if checkpoint.parent.name.startswith("fold_") else checkpoint.parent
+    if (folder / "datasets").is_dir():
+        for known in sorted(p for p in (folder / "datasets").iterdir() if p.is_dir()):
+            _copy_metadata(known, out / "datasets" / known.name)
+    elif (folder / "plans.json").is_file():
+        _copy_metadata(folder, out / "datasets" / load_plans(folder / "plans.json").dataset)
+    _copy_metadata(pre, out / "datasets" / pre.name)
+
+
+def _write_universal_metadata(out: Path, plans: list[Plans], plan: UniversalPlan) -> None:
+    from segvolpipe.training.universal import universal_plans
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "universal.json", plan.to_json())
+    write_json(out / "plans.json", universal_plans(plans[0], plan).to_json())
+    reference = read_json(preprocessed_root() / plan.reference / "dataset.json")
+    reference["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(plan.labels)}}
+    reference["name"] = plan.name
+    write_json(out / "dataset.json", reference, stamp=False)
+    for p in plans:
+        _copy_metadata(preprocessed_root() / p.dataset, out / "datasets" / p.dataset)
 
 
 def _trained(config: TrainConfig, files: FoldFiles) -> bool:
@@ -202,7 +294,7 @@ def is_trained(dataset: str | None, options: TrainOptions) -> bool:
     device = resolve_device(options.device)
     for fold in options.folds:
         config = build_config(plans, options, fold, device)
-        if not _trained(config, FoldFiles(results_folder(name, config.variant, config.configuration) / f"fold_{fold}")):
+        if not _trained(config, FoldFiles(run_folder(name, config.model) / f"fold_{fold}")):
             return False
     return True
 
@@ -246,17 +338,58 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
         return run_fold_process(config, options, pre, folder, Distributed())
 
 
+@dataclass
+class _DataPart:
+    """One dataset's share of a fold: its cases, store and sampling options."""
+
+    dataset: str
+    pre: Path
+    train: list[str]
+    val: list[str]
+    store: object  # CaseStore
+    sampling: SamplingOptions
+    pseudo: Path | None
+    weight: float = 1.0
+
+
+def _data_parts(config: TrainConfig, options: TrainOptions, pre: Path) -> list[_DataPart]:
+    """The fold's data: the dataset's, or one part per dataset of a universal model (reference first)."""
+    from segvolpipe.training.data import CaseStore
+
+    conf = config.configuration
+    if config.universal is None:
+        sources = [(config.dataset, pre, config.sampling.label_mirror, 1.0)]
+    else:
+        sources = [(s.dataset, preprocessed_root() / s.dataset, s.label_mirror, s.weight)
+                   for s in config.universal.sources]
+    parts = []
+    for dataset, folder, mirror, weight in sources:
+        train, val = _fold_cases(folder, config.fold)
+        pseudo: Path | None = folder / "pseudomasks" / conf
+        if not (config.sampling.pseudo_masks and config.variant != "unet"):
+            pseudo = None
+        elif not pseudo.is_dir():
+            if options.pseudo_masks:
+                raise UserError(f"no pseudo-masks for {conf}: run 'segvol pseudomask -d {dataset} -c {conf}' or "
+                                "train with --no-pseudo-masks", pseudo)
+            logger.info("no pseudo-masks in %s: training without them", pseudo)
+            pseudo = None
+        store = CaseStore(folder / conf, train + val, pseudo)
+        sampling = replace(config.sampling, label_mirror=mirror, pseudo_masks=pseudo is not None)
+        parts.append(_DataPart(dataset, folder, train, val, store, sampling, pseudo, weight))
+    return parts
+
+
 def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path,
                      dist: Distributed) -> FoldResult:
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
-    from segvolpipe.training.data import CaseStore, TrainingLoader
+    from segvolpipe.training.data import TrainingLoader, TrainingSource
     from segvolpipe.training.trainer import Trainer
     from segvolpipe.training.validation import validate_cases
 
     start = time.perf_counter()
     files = FoldFiles(folder)
     plans_conf = config.configuration
-    train_cases, val_cases = _fold_cases(pre, config.fold)
     device = torch.device(config.device, dist.rank % max(1, torch.cuda.device_count())) if config.device == "cuda" \
         else torch.device("cpu")
     torch.manual_seed(config.seed)
@@ -270,22 +403,18 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     if init_path is not None and not options.resume:
         _load_init(model, spec, init_path, kind)
     model.to(device)
-    pseudo_folder = pre / "pseudomasks" / plans_conf
-    use_pseudo = config.sampling.pseudo_masks and config.variant != "unet"
-    if use_pseudo and not pseudo_folder.is_dir():
-        if options.pseudo_masks:
-            raise UserError(f"no pseudo-masks for {plans_conf}: run 'segvol pseudomask -d {config.dataset} -c "
-                            f"{plans_conf}' or train with --no-pseudo-masks", pseudo_folder)
-        logger.info("no pseudo-masks in %s: training without them", pseudo_folder)
-        use_pseudo = False
+    parts = _data_parts(config, options, pre)
+    use_pseudo = any(part.pseudo is not None for part in parts)
     config = replace(config, sampling=replace(config.sampling, pseudo_masks=use_pseudo))
-    store = CaseStore(pre / plans_conf, train_cases + val_cases, pseudo_folder if use_pseudo else None)
-    loader = TrainingLoader(store, train_cases, config.sampling, config.seed, config.workers)
+    first, *more = parts
+    loader = TrainingLoader(first.store, first.train, first.sampling, config.seed, config.workers, first.weight,
+                            [TrainingSource(p.store, tuple(p.train), p.sampling, p.weight) for p in more])
     val_batches = []
-    if val_cases:
-        val_options = replace(config.sampling, augment=False, zoom_out_probability=0.0, pseudo_masks=False)
-        val_loader = TrainingLoader(store, val_cases, val_options, config.seed + 1, 0)
-        val_batches = list(val_loader.epoch(0, config.val_iters))
+    for index, part in enumerate(parts):
+        if part.val:
+            val_options = replace(part.sampling, augment=False, zoom_out_probability=0.0, pseudo_masks=False)
+            val_loader = TrainingLoader(part.store, part.val, val_options, config.seed + 1, 0)
+            val_batches += [{**b, "source": torch.tensor(index)} for b in val_loader.epoch(0, config.val_iters)]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     train_model = model
@@ -305,9 +434,15 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
         status = "resumed"
     state = trainer.fit()
     result = FoldResult(config.fold, folder, status, state.epoch, state.best_epoch, state.best_ema_dice)
-    if dist.is_main and val_cases:
-        raw = raw_root() / config.dataset
-        result.validation = validate_cases(model, spec, load_plans(pre / "plans.json"), val_cases, pre / plans_conf,
-                                           raw, files.validation, device, progress=options.progress)
+    for part in parts if dist.is_main else []:
+        if not part.val:
+            continue
+        out = files.validation if config.universal is None else files.validation / part.dataset
+        summary = validate_cases(model, spec, load_plans(part.pre / "plans.json"), part.val, part.pre / plans_conf,
+                                 raw_root() / part.dataset, out, device, progress=options.progress)
+        if config.universal is None:
+            result.validation = summary
+        else:
+            result.validation[part.dataset] = summary
     result.seconds = time.perf_counter() - start
     return result

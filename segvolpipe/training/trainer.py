@@ -103,8 +103,11 @@ class Trainer:
         self.files, self.device, self.dist, self.progress = files, device, dist, progress
         self.promptable = config.variant != "unet"
         spec = config.model
-        self.text_index = [spec.text_index(n) for n in spec.labels]
-        self.modality = 0 if spec.modality == CT else 1
+        # per data source (one, or a universal model's datasets): vocabulary index per label value, modality
+        if config.universal is None:
+            self.sources = [([spec.text_index(n) for n in spec.labels], 0 if spec.modality == CT else 1)]
+        else:
+            self.sources = [(list(s.text_index), 0 if s.modality == CT else 1) for s in config.universal.sources]
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state = TrainState(total_steps=config.epochs * config.iters_per_epoch)
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
@@ -151,8 +154,9 @@ class Trainer:
                 out = self.train_model(image)
             return unet_loss(out.float(), label.to(self.device), self.config.model.num_classes)
         pseudo = batch["pseudo"] if self.config.sampling.pseudo_masks else None
-        modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)
-        pb = sample_prompts(label, pseudo, self.text_index, self.config.prompts, generator, modality)
+        text_index, modality_value = self.sources[int(batch.get("source", 0))]
+        modality = torch.full((label.shape[0],), modality_value, dtype=torch.long)
+        pb = sample_prompts(label, pseudo, text_index, self.config.prompts, generator, modality)
         prompts = _to_device(pb.prompts, self.device)
         with self.autocast():
             logits = self.train_model(image, prompts)
@@ -190,11 +194,12 @@ class Trainer:
                     per_class = dice_scores(pred[b].numpy(), label[b].numpy(), values)
                     text_scores += [d for d in per_class.values() if not math.isnan(d)]
                 continue
-            modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)
+            text_index, modality_value = self.sources[int(batch.get("source", 0))]
+            modality = torch.full((label.shape[0],), modality_value, dtype=torch.long)
             for combo, scores in (("text", text_scores), ("box+text", box_scores)):
-                options = PromptOptions(max_prompts=len(self.text_index), box_jitter=0, pseudo_prompts=0,
+                options = PromptOptions(max_prompts=len(text_index), box_jitter=0, pseudo_prompts=0,
                                         absent_text_prompts=0, combos=(combo,))
-                pb = sample_prompts(label, None, self.text_index, options, torch.Generator().manual_seed(i), modality)
+                pb = sample_prompts(label, None, text_index, options, torch.Generator().manual_seed(i), modality)
                 with self.autocast():
                     logits = self.model(image, _to_device(pb.prompts, self.device)).float().cpu()
                 dice = prompt_dice(logits, pb.targets)
