@@ -111,8 +111,13 @@ def print_train(result: TrainResult) -> None:
     for name in ("fold", "status", "epochs", "best EMA Dice (epoch)", "validation Dice", "minutes"):
         table.add_column(name, justify="left" if name in ("fold", "status") else "right")
     for f in result.folds:
-        val = " / ".join(f"{kind} {summary['foreground_mean']:.3f}" for kind, summary in f.validation.items()
-                         if isinstance(summary, dict) and "foreground_mean" in summary)
+        # one dataset: {kind: summary}; a universal model: {dataset: {kind: summary}}
+        parts = {"": f.validation} if not any(k.startswith("Dataset") for k in f.validation) else f.validation
+        val = "; ".join(
+            (f"{name}: " if name else "") + " / ".join(
+                f"{kind} {summary['foreground_mean']:.3f}" for kind, summary in kinds.items()
+                if isinstance(summary, dict) and "foreground_mean" in summary)
+            for name, kinds in parts.items())
         best = "–" if f.best_ema_dice is None else f"{f.best_ema_dice:.3f} ({f.best_epoch})"
         table.add_row(f.fold, f.status, str(f.epochs), best, val or "–", f"{f.seconds / 60:.1f}")
     console.print(table)

@@ -222,12 +222,12 @@ class Trainer:
                 while state.epoch * cfg.iters_per_epoch < state.total_steps:
                     record = self._epoch(bar, task)
                     self._after_epoch(record)
-                    if budget is not None and state.epoch in (1, 2) and state.epoch_s:
-                        # the first epoch pays for start-up (workers, caches): fit again after the second
-                        fit = state.epoch + max(0, int((budget - state.elapsed_s) // state.epoch_s))
-                        cap = cfg.epochs * cfg.iters_per_epoch
-                        state.total_steps = self.dist.share(min(cap, max(fit, state.epoch) * cfg.iters_per_epoch),
-                                                            self.device)
+                    if budget is not None and state.epoch_s:
+                        # refitted after every epoch: the first pays for start-up (workers, caches), and a machine
+                        # that was busy early (or becomes busy) would otherwise leave the budget unused (or overrun)
+                        total = budget_total_steps(state.epoch, state.elapsed_s, state.epoch_s, budget,
+                                                   cfg.iters_per_epoch, cfg.epochs * cfg.iters_per_epoch)
+                        state.total_steps = self.dist.share(total, self.device)
                         bar.update(task, total=state.total_steps)
                     out_of_time = budget is not None and state.elapsed_s + (state.epoch_s or 0) > budget * 1.02
                     if self.dist.agree(out_of_time and state.epoch * cfg.iters_per_epoch < state.total_steps,
@@ -301,6 +301,15 @@ class Trainer:
         logger.info("epoch %d: loss %.4f, val Dice %s (box+text %s), EMA %s, lr %.2e, %.1f s",
                     record.epoch, record.train_loss, _fmt(record.val_dice), _fmt(record.val_dice_box),
                     _fmt(record.ema_dice), record.lr, record.epoch_s)
+
+
+def budget_total_steps(epoch: int, elapsed_s: float, epoch_s: float, budget_s: float, iters_per_epoch: int,
+                       cap_steps: int) -> int:
+    """Optimiser steps of a time-budgeted run, fitted after ``epoch`` epochs took ``elapsed_s`` (the last one
+    ``epoch_s``): the epochs done plus as many of the last one's length as the rest of the budget holds, at least
+    the epochs done and at most ``cap_steps``."""
+    fit = epoch + max(0, int((budget_s - elapsed_s) // epoch_s))
+    return min(cap_steps, max(fit, epoch) * iters_per_epoch)
 
 
 def _log_epoch(line: str) -> float:

@@ -138,3 +138,14 @@ def test_time_budget_fits_the_schedule_to_the_time(roots, dataset):
     assert state["epoch"] == 1 and state["total_steps"] == 2  # one 2-step epoch fits, not five
     config = json.loads((_fold(roots) / "config.json").read_text())
     assert config["time_budget_s"] == 0.01 and config["epochs"] == 5
+
+
+def test_the_budget_is_refitted_from_the_latest_epoch():
+    from segvolpipe.training.trainer import budget_total_steps
+
+    # a busy start: two 60 s epochs of a 600 s budget leave room for 8 of them ...
+    assert budget_total_steps(2, 120.0, 60.0, 600.0, 10, 10_000) == 100
+    # ... and once epochs take 20 s, the rest of the budget holds 18 more, not 6
+    assert budget_total_steps(4, 160.0, 20.0, 600.0, 10, 10_000) == 260
+    assert budget_total_steps(4, 700.0, 20.0, 600.0, 10, 10_000) == 40  # over budget: never below what is done
+    assert budget_total_steps(4, 160.0, 20.0, 600.0, 10, 50) == 50  # --epochs caps it

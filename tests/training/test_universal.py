@@ -86,6 +86,7 @@ def test_universal_training_prompts_each_dataset_only_with_its_own_classes(roots
     monkeypatch.setattr(trainer_module, "sample_prompts", record)
     result = runner.invoke(app, ["train", "-d", "31", "-d", "32", "--weight", "1", "--weight", "1", *TINY])
     assert result.exit_code == 0, result.output
+    assert "Dataset031_Blobs: text" in result.output and "Dataset032_Blobs: text" in result.output  # the table
     folder = roots["results"] / "Universal_031_032" / "segvol__3d_lite"
     plan = json.loads((folder / "universal.json").read_text())
     assert plan["vocabulary"] == ["liver", "spleen", "left kidney"]
