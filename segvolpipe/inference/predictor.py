@@ -34,6 +34,7 @@ from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_na
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
 from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_to_canonical
+from segvolpipe.training.universal import UNIVERSAL_PREFIX
 
 MODES = ("zoom", "sliding")
 CHECKPOINTS = ("final", "best", "latest")
@@ -48,10 +49,12 @@ def trained_folds(folder: Path, checkpoint: str = "final") -> list[str]:
 
 
 def trained_models(root: Path | None = None) -> list[Path]:
-    """Every ``{variant}__{configuration}`` folder under the results root with at least one trained fold."""
+    """Every ``{variant}__{configuration}`` folder under the results root (``DatasetXXX_*`` and ``Universal_*``)
+    with at least one trained fold."""
     root = root or results_root()
     out = []
-    for dataset in list_datasets(root):
+    universal = sorted(p.name for p in root.glob(f"{UNIVERSAL_PREFIX}*") if p.is_dir()) if root.is_dir() else []
+    for dataset in [*list_datasets(root), *universal]:
         for folder in sorted((root / dataset).glob("*__*")):
             if folder.is_dir() and (folder / "plans.json").is_file() and trained_folds(folder):
                 out.append(folder)
@@ -74,8 +77,16 @@ def resolve_model_folder(dataset: str | None = None, model: str | None = None, c
     root = results_root()
     candidates = trained = trained_models(root)
     if dataset is not None:
-        name = resolve_dataset(dataset, root)
-        candidates = [c for c in candidates if c.parent.name == name]
+        candidates, missing = [], None
+        try:
+            name = resolve_dataset(dataset, root)
+            candidates = [c for c in trained if c.parent.name == name]
+        except UserError as exc:
+            missing = exc
+        if not candidates:  # no model of its own: a universal model trained on it (which preprocesses as it)
+            candidates = [c for c in trained if c.parent.name.startswith(UNIVERSAL_PREFIX) and _knows(c, dataset)]
+        if not candidates and missing is not None:
+            raise missing
     if configuration is not None:
         candidates = [c for c in candidates if c.name.split("__", 1)[1] == configuration]
     if variant is not None:
@@ -90,6 +101,15 @@ def resolve_model_folder(dataset: str | None = None, model: str | None = None, c
         listing = ", ".join(str(c.relative_to(root)) for c in candidates)
         raise UserError(f"several trained models ({listing}): choose one with -m FOLDER, or -d/-c/--variant")
     return candidates[0]
+
+
+def _knows(folder: Path, dataset: str) -> bool:
+    """Whether a model folder lists ``dataset`` under ``datasets/`` (a universal model trained on it)."""
+    try:
+        resolve_dataset(dataset, folder / "datasets")
+        return True
+    except UserError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,11 @@ def test_a_universal_model_predicts_and_evaluates_as_each_of_its_datasets(roots,
     values = np.unique(np.asarray(nib.load(next(out.glob("*.nii.gz"))).dataobj))
     assert set(values.tolist()) <= {0, 1, 2}  # dataset 32's own label values
 
+    found = runner.invoke(app, ["predict", "-i", str(images), "-o", str(out.parent / "by_id"), "-d", "32",
+                                "--no-progress"])  # no model of dataset 32's own: the universal one that knows it
+    assert found.exit_code == 0, found.output
+    assert json.loads((out.parent / "by_id" / "predictions.json").read_text())["settings"]["plans"] == "Dataset032_Blobs"
+
     text = runner.invoke(app, ["predict", "-i", str(images), "-o", str(out.parent / "spleen32"), "-m", str(folder),
                                "-d", "32", "--text", "spleen", "--no-progress"])
     assert text.exit_code == 0, text.output  # a class another dataset labels, named by text
