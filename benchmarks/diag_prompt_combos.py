@@ -13,9 +13,10 @@ from segvolpipe.models.registry import build_model, load_model_state
 from segvolpipe.paths import preprocessed_root
 from segvolpipe.planning.plans import load_plans
 from segvolpipe.training.data import CaseStore, TrainingLoader
-from segvolpipe.training.losses import prompt_dice
-from segvolpipe.training.prompts import PromptOptions, sample_prompts
 from segvolpipe.training.stage import TrainOptions, _fold_cases, build_config
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from _prompt_eval import combo_dice  # noqa: E402
 
 torch.set_num_threads(1)
 ck, ds = sys.argv[1], sys.argv[2]
@@ -30,16 +31,5 @@ batches = list(TrainingLoader(store, va, vo, 11, 0).epoch(0, 8))
 ti = [cfg.model.text_index(n) for n in cfg.model.labels]
 names = cfg.model.labels
 for combo in ("text", "box+text", "box", "points", "points+text"):
-    per = {n: [] for n in names}
-    for i, b in enumerate(batches):
-        o = PromptOptions(max_prompts=len(names), box_jitter=0, pseudo_prompts=0, absent_text_prompts=0, combos=(combo,))
-        pb = sample_prompts(b["label"], None, ti, o, torch.Generator().manual_seed(i))
-        with torch.no_grad():
-            d = prompt_dice(model(b["image"], pb.prompts), pb.targets)
-        for x in range(d.shape[0]):
-            for j in range(d.shape[1]):
-                c = int(pb.classes[x, j])
-                if pb.weights[x, j] > 0 and c > 0 and not torch.isnan(d[x, j]):
-                    per[names[c-1]].append(float(d[x, j]))
-    m = {n: np.mean(v) if v else float('nan') for n, v in per.items()}
+    m = combo_dice(model, batches, ti, names, combo)
     print(f"{combo:12s} mean {np.nanmean(list(m.values())):.3f} " + " ".join(f"{k[:5]}={v:.2f}" for k, v in m.items()))

@@ -2,6 +2,7 @@
 val crop Dice per class with text prompts (and box+text, box, points). For comparing training changes quickly by
 steps, not time: `.venv/bin/python benchmarks/probe_training.py --dataset Dataset901_PhantomLR --steps 300`."""
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -14,10 +15,11 @@ from segvolpipe.models.registry import build_model
 from segvolpipe.paths import preprocessed_root
 from segvolpipe.planning.plans import load_plans
 from segvolpipe.training.data import CaseStore, TrainingLoader
-from segvolpipe.training.losses import prompt_dice
-from segvolpipe.training.prompts import PromptOptions, sample_prompts
 from segvolpipe.training.stage import TrainOptions, _fold_cases, build_config
 from segvolpipe.training.trainer import Distributed, FoldFiles, Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _prompt_eval import combo_dice  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=300)
@@ -79,29 +81,20 @@ promptable = cfg.variant != "unet"
 @torch.no_grad()
 def val(combo="text"):
     model.eval()
+    if promptable:
+        return combo_dice(model, val_batches, tr.sources[0][0], names, combo)
     per = {n: [] for n in names}
-    for i, batch in enumerate(val_batches):
+    for batch in val_batches:
         label = batch["label"]
-        if not promptable:
-            pred = model(batch["image"]).argmax(1)
-            for b in range(label.shape[0]):
-                for v, n in enumerate(names, 1):
-                    t = label[b] == v
-                    pr = pred[b] == v
-                    if t.sum() == 0:
-                        continue
-                    per[n].append(float(2 * (t & pr).sum() / (t.sum() + pr.sum())))
-            continue
-        o = PromptOptions(max_prompts=len(names), box_jitter=0, pseudo_prompts=0, absent_text_prompts=0, combos=(combo,))
-        pb = sample_prompts(label, None, tr.text_index, o, torch.Generator().manual_seed(i), torch.zeros(label.shape[0], dtype=torch.long))
-        d = prompt_dice(model(batch["image"], pb.prompts), pb.targets)
-        for b in range(d.shape[0]):
-            for j in range(d.shape[1]):
-                c = int(pb.classes[b, j])
-                if pb.weights[b, j] > 0 and c > 0 and not torch.isnan(d[b, j]):
-                    per[names[c - 1]].append(float(d[b, j]))
-    m = {n: (np.mean(v) if v else float("nan")) for n, v in per.items()}
-    return m
+        pred = model(batch["image"]).argmax(1)
+        for b in range(label.shape[0]):
+            for v, n in enumerate(names, 1):
+                t = label[b] == v
+                pr = pred[b] == v
+                if t.sum() == 0:
+                    continue
+                per[n].append(float(2 * (t & pr).sum() / (t.sum() + pr.sum())))
+    return {n: (np.mean(v) if v else float("nan")) for n, v in per.items()}
 
 t0 = time.perf_counter()
 losses = []

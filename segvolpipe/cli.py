@@ -196,7 +196,8 @@ def train(
 ) -> None:
     """Train a model variant on a preprocessed dataset (per fold, resumable, CPU, one GPU or many)."""
     from segvolpipe.reporting import print_train
-    from segvolpipe.training.stage import TrainOptions, run_train, run_train_universal
+    from segvolpipe.training.stage import TrainOptions, run_train
+    from segvolpipe.training.universal_stage import run_train_universal
 
     options = TrainOptions(
         variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,

@@ -28,7 +28,6 @@ from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
 from segvolpipe.training.data import SamplingOptions
 from segvolpipe.training.trainer import Distributed, FoldFiles
 from segvolpipe.training.transfer import init_checkpoint, is_transfer, load_transferred, training_spec
-from segvolpipe.training.universal import UniversalPlan, plan_universal, universal_spec
 
 ADAPTED = ("so3", "prior")  # variants that start from a trained segvol model
 BUDGET_EPOCH_CAP = 10_000
@@ -105,7 +104,7 @@ def run_folder(dataset: str, spec: ModelSpec) -> Path:
     return results_root() / dataset / spec.run_name
 
 
-def _copy_metadata(pre: Path, out: Path) -> None:
+def copy_metadata(pre: Path, out: Path) -> None:
     for name in ("plans.json", "dataset.json", "fingerprint.json"):
         if (pre / name).exists():
             with atomic_path(out / name) as tmp:
@@ -191,7 +190,7 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
                         "train nothing; train it on an MRI dataset with --init <a CT model> (segvol or so3 here)")
     out = run_folder(name, first.model)
     if launcher_rank() == 0:
-        _copy_metadata(pre, out)
+        copy_metadata(pre, out)
         if options.init and first.model.vocabulary != spec_from_plans(plans, first.configuration).vocabulary:
             _copy_init_datasets(options.init, first.fold, pre, out)
     results = []
@@ -199,55 +198,6 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
         config = build_config(plans, options, fold, device)
         results.append(train_fold(config, options, pre, out / f"fold_{fold}"))
     return TrainResult(name, first.variant, first.configuration, out, results)
-
-
-def run_train_universal(datasets: list[str], options: TrainOptions, weights: list[float] | None = None,
-                        name: str | None = None) -> TrainResult:
-    """Train one promptable model on several preprocessed datasets (see :mod:`segvolpipe.training.universal`).
-
-    Results go to ``results/Universal_{name}/{variant}__{configuration}/``: ``universal.json`` (datasets, weights,
-    vocabulary, each dataset's label → vocabulary index), ``plans.json`` (the reference dataset's plans with the
-    universal classes, for raw folders), and ``datasets/{DatasetXXX}/`` with each dataset's plans.json,
-    dataset.json and fingerprint.json (``segvol predict -m FOLDER -d X`` preprocesses as X).
-    """
-    names = [resolve_dataset(d, preprocessed_root()) for d in datasets]
-    plans = [load_plans(preprocessed_root() / n / "plans.json") for n in names]
-    variant = check_variant(options.variant)
-    if variant == "unet":
-        raise UserError("a universal model is promptable (segvol, so3 or prior): the unet variant has one fixed "
-                        "label set, so a class one dataset leaves unlabelled would be taught as background")
-    if options.init or options.lora or options.pretrained:
-        raise UserError("a universal model trains from scratch (so3/prior: from the universal segvol model); "
-                        "--init, --lora and --pretrained are for one dataset")
-    plan = plan_universal(plans, weights, name)
-    configuration = plans[0].configuration(options.configuration).name
-    for p in plans[1:]:
-        p.configuration(configuration)  # every dataset must have it planned (UserError naming the choices)
-    for n in names:
-        if not (preprocessed_root() / n / configuration).is_dir():
-            raise UserError(f"{n} has no preprocessed {configuration} cases: run 'segvol plan-preprocess -d {n}'",
-                            preprocessed_root() / n)
-    device = resolve_device(options.device)
-    for fold in options.folds:
-        if fold not in FOLDS:
-            raise UserError(f"unknown fold {fold!r} (0–4 or all)")
-    spec = universal_spec(plans[0], plan, configuration, variant)
-
-    def config_for(fold: str) -> TrainConfig:
-        config = build_config(plans[0], replace(options, configuration=configuration), fold, device)
-        return replace(config, dataset=plan.name, model=spec, universal=plan,
-                       sampling=replace(config.sampling, label_mirror=None))
-
-    first = config_for(options.folds[0])
-    if first.variant == "prior" and all(s.modality == CT for s in plan.sources):
-        raise UserError("every dataset is CT: the prior variant's gate sends CT through the identity expert, so it "
-                        "would train nothing")
-    out = results_folder(plan.name, variant, configuration)
-    if launcher_rank() == 0:
-        _write_universal_metadata(out, plans, plan)
-    results = [train_fold(config_for(fold), options, preprocessed_root() / names[0], out / f"fold_{fold}")
-               for fold in options.folds]
-    return TrainResult(plan.name, variant, configuration, out, results)
 
 
 def _copy_init_datasets(init: str, fold: str, pre: Path, out: Path) -> None:
@@ -258,24 +208,10 @@ def _copy_init_datasets(init: str, fold: str, pre: Path, out: Path) -> None:
     folder = checkpoint.parent.parent if checkpoint.parent.name.startswith("fold_") else checkpoint.parent
     if (folder / "datasets").is_dir():
         for known in sorted(p for p in (folder / "datasets").iterdir() if p.is_dir()):
-            _copy_metadata(known, out / "datasets" / known.name)
+            copy_metadata(known, out / "datasets" / known.name)
     elif (folder / "plans.json").is_file():
-        _copy_metadata(folder, out / "datasets" / load_plans(folder / "plans.json").dataset)
-    _copy_metadata(pre, out / "datasets" / pre.name)
-
-
-def _write_universal_metadata(out: Path, plans: list[Plans], plan: UniversalPlan) -> None:
-    from segvolpipe.training.universal import universal_plans
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "universal.json", plan.to_json())
-    write_json(out / "plans.json", universal_plans(plans[0], plan).to_json())
-    reference = read_json(preprocessed_root() / plan.reference / "dataset.json")
-    reference["labels"] = {"background": 0, **{n: i + 1 for i, n in enumerate(plan.labels)}}
-    reference["name"] = plan.name
-    write_json(out / "dataset.json", reference, stamp=False)
-    for p in plans:
-        _copy_metadata(preprocessed_root() / p.dataset, out / "datasets" / p.dataset)
+        copy_metadata(folder, out / "datasets" / load_plans(folder / "plans.json").dataset)
+    copy_metadata(pre, out / "datasets" / pre.name)
 
 
 def _trained(config: TrainConfig, files: FoldFiles) -> bool:
