@@ -191,8 +191,8 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
     out = run_folder(name, first.model)
     if launcher_rank() == 0:
         copy_metadata(pre, out)
-        if options.init and first.model.vocabulary != spec_from_plans(plans, first.configuration).vocabulary:
-            _copy_init_datasets(options.init, first.fold, pre, out)
+        if options.init and first.model != spec_from_plans(plans, first.configuration, first.variant):
+            _copy_init_datasets(options.init, first.fold, pre, out)  # transferred from another dataset's model
     results = []
     for fold in options.folds:
         config = build_config(plans, options, fold, device)
