@@ -27,7 +27,13 @@ from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
 from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
 from segvolpipe.training.data import SamplingOptions
 from segvolpipe.training.trainer import Distributed, FoldFiles
-from segvolpipe.training.transfer import init_checkpoint, is_transfer, load_transferred, training_spec
+from segvolpipe.training.transfer import (
+    init_checkpoint,
+    is_transfer,
+    load_transferred,
+    read_init,
+    training_spec,
+)
 
 ADAPTED = ("so3", "prior")  # variants that start from a trained segvol model
 BUDGET_EPOCH_CAP = 10_000
@@ -191,13 +197,23 @@ def run_train(dataset: str | None, options: TrainOptions) -> TrainResult:
     out = run_folder(name, first.model)
     if launcher_rank() == 0:
         copy_metadata(pre, out)
-        if options.init and first.model != spec_from_plans(plans, first.configuration, first.variant):
-            _copy_init_datasets(options.init, first.fold, pre, out)  # transferred from another dataset's model
+        if options.init and _from_another_dataset(options.init, first, plans):
+            _copy_init_datasets(options.init, first.fold, pre, out)
     results = []
     for fold in options.folds:
         config = build_config(plans, options, fold, device)
         results.append(train_fold(config, options, pre, out / f"fold_{fold}"))
     return TrainResult(name, first.variant, first.configuration, out, results)
+
+
+def _from_another_dataset(init: str, config: TrainConfig, plans: Plans) -> bool:
+    """Whether ``--init`` is a model of another dataset (recorded in its checkpoint; for a checkpoint that records
+    none, whether its spec had to be transferred). Sizes alone cannot tell: a CT and an MRI dataset with the same
+    labels and plans give the same spec but for the modality."""
+    source = read_init(init_checkpoint(init, config.fold))
+    if source.dataset is not None:
+        return source.dataset != plans.dataset
+    return config.model != spec_from_plans(plans, config.configuration, config.variant)
 
 
 def _copy_init_datasets(init: str, fold: str, pre: Path, out: Path) -> None:

@@ -227,3 +227,19 @@ def test_prior_and_the_lora_baseline_train_on_mri_from_a_ct_model(roots):
         run_train(mri, replace(tiny, lora=True))
     with pytest.raises(UserError, match="--lora is the plain-LoRA segvol baseline"):
         run_train(mri, replace(tiny, variant="prior", init=str(ct_folder), lora=True))
+
+
+def test_a_transfer_with_the_same_label_names_still_lists_the_ct_dataset(roots):
+    from segvolpipe.training.stage import TrainOptions, run_train
+
+    ct = _preprocessed(roots, 23, "CT", {"background": 0, "liver": 1, "spleen": 2})
+    mri = _preprocessed(roots, 33, "MRI", {"background": 0, "liver": 1, "spleen": 2})
+    tiny = TrainOptions(epochs=1, iters_per_epoch=1, batch_size=1, workers=0, progress=False, device="cpu")
+    ct_folder = run_train(ct, tiny).folder
+    result = run_train(mri, replace(tiny, variant="prior", init=str(ct_folder)))
+    assert json.loads((result.folder / "fold_0" / "config.json").read_text())["model"]["vocabulary"] == ["liver",
+                                                                                                           "spleen"]
+    assert sorted(p.name for p in (result.folder / "datasets").iterdir()) == [ct, mri]
+    # a run that starts from its own dataset's model is no transfer: no datasets/ folder
+    own = run_train(ct, replace(tiny, variant="so3"))
+    assert not (own.folder / "datasets").exists()
