@@ -61,6 +61,14 @@ def plans_modality(plans: Plans) -> str:
     return CT if {modality_of_channel(c) for c in plans.channel_names} == {CT} else MRI
 
 
+def label_mirror(labels: Sequence[str]) -> tuple[int, ...] | None:
+    """For a label map whose value ``v`` names ``labels[v - 1]``: the values ``0..K`` after mirroring across the
+    left–right axis (``"left kidney"`` ↔ ``"right kidney"``; background and unpaired classes keep theirs), or None
+    when no class has a partner."""
+    perm = lateral_permutation(labels)
+    return None if perm is None else (0, *(p + 1 for p in perm))
+
+
 def modality_of_channel(channel_name: str) -> str:
     """``ct`` for a channel named CT (any case), ``mri`` for every other channel name (T1, T2, FLAIR, ADC …)."""
     return CT if channel_name.strip().lower() == "ct" else MRI
@@ -187,10 +195,8 @@ class ModelSpec:
         return self.vocabulary.index(key) if key in self.vocabulary else None
 
     def label_mirror(self) -> tuple[int, ...] | None:
-        """Label values ``0..K`` after mirroring across the left–right axis (``"left kidney"`` ↔ ``"right kidney"``;
-        background and unpaired classes keep theirs), or None when no class has a partner."""
-        perm = lateral_permutation(self.labels)
-        return None if perm is None else (0, *(p + 1 for p in perm))
+        """Label values ``0..K`` after mirroring across the left–right axis (see :func:`label_mirror`)."""
+        return label_mirror(self.labels)
 
     def vocabulary_mirror(self) -> tuple[int, ...] | None:
         """The same for vocabulary indices (text prompts), or None."""

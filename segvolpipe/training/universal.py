@@ -28,7 +28,14 @@ import numpy as np
 
 from segvolpipe.config import from_stamped_json, to_jsonable
 from segvolpipe.errors import UserError
-from segvolpipe.models.spec import CT, ModelSpec, lateral_permutation, normalise_label_name, spec_from_plans
+from segvolpipe.models.spec import (
+    CT,
+    ModelSpec,
+    label_mirror,
+    normalise_label_name,
+    plans_modality,
+    spec_from_plans,
+)
 from segvolpipe.planning.plans import Plans
 
 UNIVERSAL_PREFIX = "Universal_"
@@ -61,9 +68,8 @@ class UniversalSource:
 
     @property
     def label_mirror(self) -> tuple[int, ...] | None:
-        """Label values ``0..K`` after a left–right mirror (see :meth:`ModelSpec.label_mirror`)."""
-        perm = lateral_permutation(self.labels)
-        return None if perm is None else (0, *(p + 1 for p in perm))
+        """Label values ``0..K`` after a left–right mirror (:func:`~segvolpipe.models.spec.label_mirror`)."""
+        return label_mirror(self.labels)
 
 
 @dataclass(frozen=True)
@@ -97,13 +103,6 @@ class UniversalPlan:
     @property
     def datasets(self) -> tuple[str, ...]:
         return tuple(s.dataset for s in self.sources)
-
-    def source(self, dataset: str) -> UniversalSource:
-        for s in self.sources:
-            if s.dataset == dataset:
-                return s
-        raise UserError(f"the universal model {self.name} was not trained on {dataset} "
-                        f"(its datasets: {', '.join(self.datasets)})")
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)
@@ -169,14 +168,13 @@ def plan_universal(plans: Sequence[Plans], weights: Sequence[float] | None = Non
         raise UserError("the datasets have different numbers of image channels: " +
                         ", ".join(f"{p.dataset} {len(p.channel_names)}" for p in plans))
     weights = list(weights) if weights is not None else [1.0] * len(plans)
-    if len(weights) != len(plans) or any(not (w > 0) for w in weights):
+    if len(weights) != len(plans) or any(not (w > 0 and np.isfinite(w)) for w in weights):
         raise UserError(f"one positive weight per dataset is needed, got {weights}")
     label_sets = [tuple(n for n, v in sorted(p.labels, key=lambda t: t[1]) if v > 0) for p in plans]
     labels, vocabulary, indices = unify_labels(label_sets)
     sources = []
     for p, w, names_, index in zip(plans, weights, label_sets, indices, strict=True):
-        modality = spec_from_plans(p, None).modality
-        sources.append(UniversalSource(p.dataset, float(w), names_, index, modality))
+        sources.append(UniversalSource(p.dataset, float(w), names_, index, plans_modality(p)))
     return UniversalPlan(universal_name(names, name), tuple(sources), labels, vocabulary)
 
 
