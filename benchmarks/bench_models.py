@@ -60,7 +60,7 @@ def _measure(args: tuple) -> dict:
     prompts = None if spec.variant == "unet" else _prompts(spec, batch, per_image, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=1e-4)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    import os; autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or bool(os.environ.get("CPUBF16")))
 
     def forward():
         return model(image) if prompts is None else model(image, prompts)

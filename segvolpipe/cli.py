@@ -192,6 +192,7 @@ def train(
     gpus: Annotated[int, typer.Option("--gpus", help="Processes with torch.distributed (one per GPU; gloo CPU processes with --device cpu).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights, data and prompts.")] = 0,
     np_: Annotated[int, typer.Option("--np", help="Data-loading workers per process.")] = 2,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast where the device does it natively: CUDA, CPUs with AVX512-BF16/AMX (default: the plans', on).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
 ) -> None:
     """Train a model variant on a preprocessed dataset (per fold, resumable, CPU, one GPU or many)."""
@@ -203,7 +204,7 @@ def train(
         variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=parse_duration(time_budget),
         device=device.value, init=init, lora=lora, pretrained=pretrained, resume=resume, overwrite=overwrite,
-        rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress,
+        rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress, bf16=bf16,
     )
     datasets = list(dataset or [])
     if len(datasets) > 1:

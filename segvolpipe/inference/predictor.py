@@ -33,6 +33,7 @@ from segvolpipe.models.registry import VARIANTS, load_model_state
 from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_name, plans_modality
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
+from segvolpipe.precision import use_bf16
 from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_to_canonical
 from segvolpipe.training.universal import UNIVERSAL_PREFIX
 
@@ -225,7 +226,7 @@ class Predictor:
             raise UserError(f"--step must lie in (0, 1] (a fraction of the window), got {step}")
         self.overlap = 1.0 - step
         self.mirror_axes = (0, 1, 2) if tta else ()
-        self.bf16 = device.type == "cuda" and self.conf.trainer.bf16_on_cuda
+        self.bf16 = use_bf16(device, self.conf.trainer.bf16_on_cuda, self.conf.trainer.bf16_on_cpu)
         self.threshold = inference.threshold
         self.settings = PreprocessSettings(self.conf.target_spacing, plans.normalization, self.conf.image_order,
                                            self.conf.label_order)

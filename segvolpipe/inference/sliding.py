@@ -40,7 +40,7 @@ def predict_targets(model: nn.Module, image: Tensor, targets: Sequence[TargetPro
         overlap: Window overlap (fraction of the window).
         device: Where the windows are computed.
         modality: 0 CT, 1 MRI (the ``prior`` variant's gate).
-        bf16: Autocast to bfloat16 (CUDA).
+        bf16: Autocast to bfloat16 (see :mod:`segvolpipe.precision`).
         mirror_axes: Mirroring test-time augmentation along these axes (0, 1, 2 = z, y, x).
     """
     roi = list(model.input_size)

@@ -103,6 +103,8 @@ class TrainerPlan:
     max_prompts_per_sample: int = 8
     box_jitter_voxels: int = 5
     bf16_on_cuda: bool = True
+    # bf16 autocast on CPUs that do it natively (AVX512-BF16, AMX); off elsewhere (segvolpipe.precision)
+    bf16_on_cpu: bool = True
 
 
 @dataclass(frozen=True)

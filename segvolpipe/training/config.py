@@ -32,7 +32,8 @@ class TrainConfig:
         time_budget_s: Stop after this much training time; the cosine schedule is fitted to the epochs that
             fit in the budget, refitted after every epoch from the last epoch's length.
         seed: Seeds the weights, the data and the prompts (batches are a function of seed, epoch, step).
-        device: ``cpu`` or ``cuda``; ``bf16``: autocast to bfloat16 on CUDA.
+        device: ``cpu`` or ``cuda``; ``bf16``: autocast to bfloat16 (when the device does it natively:
+            :mod:`segvolpipe.precision`).
         workers: Data-loading processes per training process.
         val_iters: Validation batches per epoch (fixed samples of the fold's validation cases); their Dice's
             exponential moving average (``ema_weight`` for the newest epoch) picks ``checkpoint_best.pt``.
@@ -126,7 +127,7 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
         epochs=trainer.epochs, iters_per_epoch=trainer.iters_per_epoch, batch_size=trainer.batch_size,
         lr=trainer.unet_lr if unet else trainer.lr, weight_decay=trainer.weight_decay,
         warmup_epochs=trainer.warmup_epochs, grad_clip=trainer.grad_clip, sampling=sampling, prompts=prompts,
-        bf16=trainer.bf16_on_cuda,
+        bf16=trainer.bf16_on_cuda if overrides.get("device") == "cuda" else trainer.bf16_on_cpu,
     )
     return apply_overrides(config, **overrides)
 

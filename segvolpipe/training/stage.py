@@ -63,6 +63,7 @@ class TrainOptions:
     seed: int = 0
     workers: int = 2
     progress: bool = True
+    bf16: bool | None = None
 
 
 @dataclass
@@ -177,7 +178,7 @@ def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) ->
         plans, spec, fold, epochs=epochs, iters_per_epoch=options.iters_per_epoch,
         batch_size=options.batch_size, lr=options.lr, time_budget_s=options.time_budget_s, seed=options.seed,
         device=device, workers=options.workers, init=options.init, pretrained=options.pretrained, gpus=options.gpus,
-        sampling_rotation_aug=options.rotation_aug, sampling_pseudo_masks=options.pseudo_masks,
+        sampling_rotation_aug=options.rotation_aug, sampling_pseudo_masks=options.pseudo_masks, bf16=options.bf16,
     )
 
 

@@ -1,4 +1,5 @@
-"""The training loop shared by every variant: AdamW, warm-up + cosine, clipping, bf16 on CUDA, exact resume.
+"""The training loop shared by every variant: AdamW, warm-up + cosine, clipping, bf16 autocast (CUDA, native-bf16
+CPUs), exact resume.
 
 Batches and prompts are pure functions of (seed, epoch, step, rank), and the checkpoint at the end of each
 epoch carries the model, the optimiser, the schedule position and every RNG state, so a run resumed from
@@ -8,7 +9,6 @@ state before exiting (that epoch restarts on resume). Only rank 0 writes files.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -25,6 +25,7 @@ from segvolpipe.io.atomic import atomic_write
 from segvolpipe.log import logger, progress_bar
 from segvolpipe.models.registry import load_model_state
 from segvolpipe.models.spec import CT
+from segvolpipe.precision import autocast, native_bf16
 from segvolpipe.training.checkpoint import TrainState, save_checkpoint, set_rng_state
 from segvolpipe.training.config import TrainConfig
 from segvolpipe.training.losses import prompt_dice, prompt_loss, unet_loss
@@ -110,8 +111,7 @@ class Trainer:
             self.sources = [(list(s.text_index), 0 if s.modality == CT else 1) for s in config.universal.sources]
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state = TrainState(total_steps=config.epochs * config.iters_per_epoch)
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (
-            device.type == "cuda" and config.bf16) else contextlib.nullcontext
+        self.autocast = autocast(device, config.bf16 and native_bf16(device))
 
     # -- state ------------------------------------------------------------------------------------------
     def restore(self, payload: dict) -> None:
