@@ -4,13 +4,16 @@ For each configuration (a dataset's ``3d_lite`` from its plans, and SegVol's ref
 variant, a fresh process builds the model and measures, on one batch of ``--batch`` images with
 ``--prompts`` text+box prompts each (the U-Net: one multi-class forward of its own patch size):
 
-* ``infer``: forward in eval mode without gradients (bf16 autocast on CUDA),
-* ``train``: forward + backward + AdamW step over the trainable parameters (bf16 autocast on CUDA),
+* ``infer``: forward in eval mode without gradients,
+* ``train``: forward + backward + AdamW step over the trainable parameters,
+
+in float32 or under bf16 autocast (``--precision``: ``auto`` is what training and prediction do — bf16 where the
+device computes it natively, CUDA or an AVX512-BF16/AMX CPU; ``both`` measures each variant both ways),
 
 the median of ``--repeats`` timed runs after one warm-up, and the peak memory of the process (CPU: ru_maxrss;
 CUDA: ``torch.cuda.max_memory_allocated``).
 
-    .venv/bin/python benchmarks/bench_models.py [-d 900] [--device cpu|cuda] [--configurations 3d_lite,3d_segvol] [--repeats 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_models.py [-d 900] [--device cpu|cuda] [--configurations 3d_lite,3d_segvol] [--repeats 3] [--precision auto|fp32|bf16|both] [--json out.json]
 
 Needs the dataset's plans (``make demo`` makes Dataset900).
 """
@@ -44,7 +47,7 @@ def _prompts(spec, batch: int, per_image: int, device):
 
 
 def _measure(args: tuple) -> dict:
-    spec_json, device_name, batch, per_image, repeats = args
+    spec_json, device_name, batch, per_image, repeats, bf16 = args
     import torch
 
     from segvolpipe.models.registry import build_model, count_parameters
@@ -60,7 +63,7 @@ def _measure(args: tuple) -> dict:
     prompts = None if spec.variant == "unet" else _prompts(spec, batch, per_image, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=1e-4)
-    import os; autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or bool(os.environ.get("CPUBF16")))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def forward():
         return model(image) if prompts is None else model(image, prompts)
@@ -82,7 +85,7 @@ def _measure(args: tuple) -> dict:
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
 
-    out = {"variant": spec.variant, "configuration": spec.configuration, "total": counts.total,
+    out = {"bf16": bf16, "variant": spec.variant, "configuration": spec.configuration, "total": counts.total,
            "trainable": counts.trainable}
     for name, fn in (("infer", infer), ("train", train)):
         fn()
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--variants", default="segvol,so3,prior,unet")
     parser.add_argument("--configurations", default="3d_lite,3d_segvol",
                         help="3d_lite: the dataset's plans; 3d_segvol: SegVol's reference model.")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -121,15 +125,18 @@ def main() -> None:
     plans = load_plans(preprocessed_root() / name / "plans.json")
     bases = [spec_from_plans(plans, "3d_lite") if c == "3d_lite" else reference_spec()
              for c in args.configurations.split(",")]
-    jobs = [(b.with_variant(v).to_json(), args.device, args.batch, args.prompts, args.repeats)
-            for b in bases for v in args.variants.split(",")]
+    from segvolpipe.precision import native_bf16
+
+    modes = {"auto": [native_bf16(args.device)], "fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]
+    jobs = [(b.with_variant(v).to_json(), args.device, args.batch, args.prompts, args.repeats, bf16)
+            for b in bases for v in args.variants.split(",") for bf16 in modes]
     results = []
     ctx = mp.get_context("spawn")
     for job in jobs:
         with ctx.Pool(1) as pool:
             r = pool.apply(_measure, (job,))
         results.append(r)
-        print(f"{r['configuration']:9s} {r['variant']:7s} total {r['total'] / 1e6:8.2f} M  trainable "
+        print(f"{r['configuration']:9s} {r['variant']:7s} {'bf16' if r['bf16'] else 'fp32'}  total {r['total'] / 1e6:8.2f} M  trainable "
               f"{r['trainable'] / 1e6:8.2f} M ({100 * r['trainable'] / r['total']:5.1f} %)  infer {r['infer_s']:7.3f} s  "
               f"train step {r['train_s']:7.3f} s  peak {r['peak_mib']:8.0f} MiB", flush=True)
     if args.json:

@@ -20,7 +20,7 @@ from segvolpipe.io.lock import stage_lock
 from segvolpipe.log import logger
 from segvolpipe.models.registry import build_model, check_variant
 from segvolpipe.models.spec import CT, ModelSpec, spec_from_plans
-from segvolpipe.paths import preprocessed_root, raw_root, resolve_dataset, results_root
+from segvolpipe.paths import preprocessed_root, resolve_dataset, results_root
 from segvolpipe.planning.plans import Plans, load_plans
 from segvolpipe.planning.splits import load_splits
 from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
@@ -70,7 +70,7 @@ class TrainOptions:
 class FoldResult:
     fold: str
     folder: Path
-    status: str  # trained | resumed | skipped
+    status: str  # trained | resumed | skipped | validated
     epochs: int = 0
     best_epoch: int | None = None
     best_ema_dice: float | None = None
@@ -267,6 +267,11 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
     with stage_lock(folder.parent, "train", scope=folder.name):
         remove_stale_temporaries(folder)  # what a killed run was writing
         if not options.overwrite and not options.resume and _trained(config, files):
+            from segvolpipe.training.validation import validate_trained_fold
+
+            validated = validate_trained_fold(config, _data_parts(config, options, pre), files, options.progress)
+            if validated is not None:
+                return FoldResult(config.fold, folder, "validated", *validated)
             logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold,
                         folder)
             return FoldResult(config.fold, folder, "skipped")
@@ -338,11 +343,10 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
     from segvolpipe.training.data import TrainingLoader, TrainingSource
     from segvolpipe.training.trainer import Trainer
-    from segvolpipe.training.validation import validate_cases
+    from segvolpipe.training.validation import validate_fold
 
     start = time.perf_counter()
     files = FoldFiles(folder)
-    plans_conf = config.configuration
     device = torch.device(config.device, dist.rank % max(1, torch.cuda.device_count())) if config.device == "cuda" \
         else torch.device("cpu")
     torch.manual_seed(config.seed)
@@ -387,15 +391,8 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
         status = "resumed"
     state = trainer.fit()
     result = FoldResult(config.fold, folder, status, state.epoch, state.best_epoch, state.best_ema_dice)
-    for part in parts if dist.is_main else []:
-        if not part.val:
-            continue
-        out = files.validation if config.universal is None else files.validation / part.dataset
-        summary = validate_cases(model, spec, load_plans(part.pre / "plans.json"), part.val, part.pre / plans_conf,
-                                 raw_root() / part.dataset, out, device, progress=options.progress)
-        if config.universal is None:
-            result.validation = summary
-        else:
-            result.validation[part.dataset] = summary
+    if dist.is_main:
+        result.validation = validate_fold(config, parts, model, files.validation, device, options.progress)
     result.seconds = time.perf_counter() - start
     return result
+

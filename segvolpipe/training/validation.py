@@ -11,6 +11,7 @@ scored there against the raw label file. Promptable models are scored with text 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,14 @@ from segvolpipe.inference.predictor import Predictor
 from segvolpipe.inference.prompts import reference_targets
 from segvolpipe.io.atomic import read_json, write_json
 from segvolpipe.io.nifti import read_image, read_label, write_label
-from segvolpipe.log import progress_bar
+from segvolpipe.log import logger, progress_bar
+from segvolpipe.models.registry import build_model, load_model_state
 from segvolpipe.models.spec import ModelSpec
-from segvolpipe.planning.plans import Plans
+from segvolpipe.paths import raw_root
+from segvolpipe.planning.plans import Plans, load_plans
+from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
+from segvolpipe.training.config import TrainConfig
+from segvolpipe.training.trainer import FoldFiles
 
 
 def _summary(per_case: dict[str, dict[int, float]], names: dict[int, str]) -> dict[str, Any]:
@@ -72,3 +78,47 @@ def validate_cases(model: nn.Module, spec: ModelSpec, plans: Plans, cases: list[
     summary["seconds_per_case"] = seconds
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _outputs(config: TrainConfig, parts: Sequence[Any], validation: Path) -> list[tuple[Any, Path]]:
+    """``(part, its validation folder)`` for each data part with validation cases."""
+    return [(part, validation if config.universal is None else validation / part.dataset) for part in parts if part.val]
+
+
+def validation_missing(config: TrainConfig, parts: Sequence[Any], validation: Path) -> bool:
+    """Whether some data part's ``summary.json`` is missing under ``validation``."""
+    return any(not (out / "summary.json").is_file() for _, out in _outputs(config, parts, validation))
+
+
+def validate_fold(config: TrainConfig, parts: Sequence[Any], model: nn.Module, validation: Path, device: torch.device,
+                  progress: bool = True) -> dict[str, Any]:
+    """Validate a fold's model on each data part's validation cases (``parts``: the stage's ``_DataPart``s:
+    ``dataset``, ``pre``, ``val``); returns the summary (a universal model's: one per dataset)."""
+    results: dict[str, Any] = {}
+    for part, out in _outputs(config, parts, validation):
+        summary = validate_cases(model, config.model, load_plans(part.pre / "plans.json"), part.val,
+                                 part.pre / config.configuration, raw_root() / part.dataset, out, device,
+                                 progress=progress)
+        if config.universal is None:
+            return summary
+        results[part.dataset] = summary
+    return results
+
+
+def validate_trained_fold(config: TrainConfig, parts: Sequence[Any], files: FoldFiles,
+                          progress: bool = True) -> tuple[int, int | None, float | None, dict[str, Any], float] | None:
+    """A finished fold whose end-of-run validation is missing (it failed, or the run was stopped during it):
+    validate ``checkpoint_final.pt`` now. Returns ``(epochs, best epoch, best EMA Dice, validation, seconds)``,
+    or None when no summary is missing."""
+    if not validation_missing(config, parts, files.validation):
+        return None
+    start = time.perf_counter()
+    payload = load_checkpoint(files.final)
+    check_same_spec(payload, config.model.to_json(), files.final)
+    model = build_model(config.model)
+    load_model_state(model, payload["model"])
+    device = torch.device(config.device)
+    logger.info("fold %s is trained but not validated: validating %s", config.fold, files.final)
+    validation = validate_fold(config, parts, model.to(device), files.validation, device, progress)
+    state = payload["state"]
+    return state.epoch, state.best_epoch, state.best_ema_dice, validation, time.perf_counter() - start

@@ -55,6 +55,27 @@ def test_train_writes_the_fold_contract_and_skips_a_finished_fold(roots, dataset
     assert other.exit_code == 2 and "--resume continues it, --overwrite starts again" in other.output
 
 
+def test_a_fold_whose_validation_failed_is_validated_by_the_next_run(roots, dataset):
+    cases = json.loads((roots["preprocessed"] / "Dataset011_Blobs" / "splits.json").read_text())["folds"][0]["val"]
+    image = roots["raw"] / "Dataset011_Blobs" / "imagesTr" / f"{cases[0]}_0000.nii.gz"
+    hidden = image.with_name("hidden.nii.gz")
+    image.rename(hidden)
+    failed = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", *TINY])
+    assert failed.exit_code == 2 and f"{cases[0]}_0000.nii.gz" in failed.output
+    fold = _fold(roots, "unet")
+    assert (fold / "checkpoint_final.pt").exists() and not (fold / "validation" / "summary.json").exists()
+
+    hidden.rename(image)
+    again = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", *TINY])
+    assert again.exit_code == 0, again.output
+    assert "validated" in again.output
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["unet"]["per_case"]) == set(cases)
+    log = [json.loads(x) for x in (fold / "training_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]  # not trained again
+    assert "skipped" in runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", *TINY]).output
+
+
 def test_an_interrupted_run_resumed_equals_the_uninterrupted_run(roots, dataset, monkeypatch):
     from segvolpipe.training import trainer as trainer_module
 
@@ -97,11 +118,32 @@ def test_adapted_variants_need_a_trained_segvol_first(roots, dataset):
     assert any(k.startswith("image_encoder.token_adapter.") for k in tuned)
 
 
-def test_unet_trains(roots, dataset):
+def test_unet_trains_in_bf16_where_native_and_in_float32_with_no_bf16(roots, dataset, monkeypatch):
+    from segvolpipe.models.unet import UNetModel
+    from segvolpipe.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)  # whatever this CPU is
+    autocast_seen: list[bool] = []
+    forward = UNetModel.forward
+
+    def recording(self, image):
+        if self.training:
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, image)
+
+    monkeypatch.setattr(UNetModel, "forward", recording)
     result = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", *TINY])
     assert result.exit_code == 0, result.output
     summary = json.loads((_fold(roots, "unet") / "validation" / "summary.json").read_text())
     assert "unet" in summary
+    assert json.loads((_fold(roots, "unet") / "config.json").read_text())["bf16"] is True
+    assert autocast_seen and all(autocast_seen)
+
+    autocast_seen.clear()
+    result = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", "--no-bf16", "--overwrite", *TINY])
+    assert result.exit_code == 0, result.output
+    assert json.loads((_fold(roots, "unet") / "config.json").read_text())["bf16"] is False
+    assert autocast_seen and not any(autocast_seen)
 
 
 def test_checkpoint_errors_are_one_line(roots, dataset):
