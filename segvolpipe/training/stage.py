@@ -395,4 +395,3 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
         result.validation = validate_fold(config, parts, model, files.validation, device, options.progress)
     result.seconds = time.perf_counter() - start
     return result
-
