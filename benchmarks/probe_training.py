@@ -1,6 +1,12 @@
 """Training probe: N optimiser steps of the trainer's own step on a preprocessed dataset; every K steps the loss and
 val crop Dice per class with text prompts (and box+text, box, points). For comparing training changes quickly by
-steps, not time: `.venv/bin/python benchmarks/probe_training.py --dataset Dataset901_PhantomLR --steps 300`."""
+steps, not time: `.venv/bin/python benchmarks/probe_training.py --dataset Dataset901_PhantomLR --steps 300`.
+
+``--aux W`` (promptable variants) adds a prototype auxiliary loss: a dense head on the image encoder's tokens
+(two 1×1×1 convolutions) scored against every class's text embedding (aligned by a linear layer; a learned
+background vector), upsampled to the input, multi-class CE + Dice with weight W — the all-classes-at-every-voxel
+signal the U-Net gets — and reports the head's own argmax Dice. Not part of the model: a probe of whether that
+signal speeds the text path up."""
 import argparse
 import sys
 import tempfile
@@ -38,6 +44,7 @@ ap.add_argument("--config", default="3d_lite")
 ap.add_argument("--dataset", default="Dataset900_PhantomCT")
 ap.add_argument("--val-batches", type=int, default=6)
 ap.add_argument("--tag", default="")
+ap.add_argument("--aux", type=float, default=0.0)
 a = ap.parse_args()
 torch.set_num_threads(2)
 pre = preprocessed_root() / a.dataset
@@ -78,15 +85,13 @@ tr.state.total_steps = a.steps
 names = cfg.model.labels
 promptable = cfg.variant != "unet"
 
-@torch.no_grad()
-def val(combo="text"):
-    model.eval()
-    if promptable:
-        return combo_dice(model, val_batches, tr.sources[0][0], names, combo)
+
+def argmax_dice(predict) -> dict[str, float]:
+    """Per class, mean Dice of ``predict(image).argmax(1)`` (multi-class logits) over the val batches."""
     per = {n: [] for n in names}
     for batch in val_batches:
         label = batch["label"]
-        pred = model(batch["image"]).argmax(1)
+        pred = predict(batch["image"]).argmax(1)
         for b in range(label.shape[0]):
             for v, n in enumerate(names, 1):
                 t = label[b] == v
@@ -95,6 +100,54 @@ def val(combo="text"):
                     continue
                 per[n].append(float(2 * (t & pr).sum() / (t.sum() + pr.sum())))
     return {n: (np.mean(v) if v else float("nan")) for n, v in per.items()}
+
+
+@torch.no_grad()
+def val(combo="text"):
+    model.eval()
+    if promptable:
+        return combo_dice(model, val_batches, tr.sources[0][0], names, combo)
+    return argmax_dice(model)
+
+
+if a.aux > 0 and promptable:  # the prototype auxiliary dense head (see the docstring)
+    import torch.nn.functional as F
+    from torch import nn
+
+    hidden = cfg.model.vit.hidden_size
+    head = nn.Sequential(nn.Conv3d(hidden, hidden, 1), nn.GELU(), nn.Conv3d(hidden, hidden, 1))
+    align = nn.Linear(hidden, hidden)
+    background = nn.Parameter(torch.zeros(hidden))
+    opt.add_param_group({"params": [*head.parameters(), *align.parameters(), background], "lr": cfg.lr,
+                         "weight_decay": cfg.weight_decay})
+    stash = {}
+    encode_image = model.encode_image
+
+    def encode_and_keep(image, modality=None):
+        stash["tokens"] = encode_image(image, modality)
+        return stash["tokens"]
+
+    model.encode_image = encode_and_keep
+    class_index = torch.tensor(tr.sources[0][0])
+
+    def aux_logits(tokens):
+        classes = model.text_encoder(class_index, torch.zeros_like(class_index))
+        weights = torch.cat([background[None], align(classes)])
+        logits = torch.einsum("bhzyx,kh->bkzyx", head(tokens.float()), weights) / hidden ** 0.5
+        return F.interpolate(logits, size=model.input_size, mode="trilinear", align_corners=False).float()
+
+    prompt_loss = tr._loss
+
+    def loss_with_aux(batch, generator):
+        loss = prompt_loss(batch, generator)
+        logits, label = aux_logits(stash["tokens"]), batch["label"]
+        prob = logits.softmax(1)
+        onehot = F.one_hot(label, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
+        inter, total = (prob * onehot).sum((2, 3, 4)), prob.sum((2, 3, 4)) + onehot.sum((2, 3, 4))
+        dice = 1 - ((2 * inter + 1e-5) / (total + 1e-5))[:, 1:].mean()
+        return loss + a.aux * (F.cross_entropy(logits, label) + dice)
+
+    tr._loss = loss_with_aux
 
 t0 = time.perf_counter()
 losses = []
@@ -109,6 +162,12 @@ for step, batch in enumerate(it):
         mean = np.nanmean(list(m.values()))
         print(f"{a.tag} step {step+1} loss {np.mean(losses[-a.every:]):.4f} val {mean:.3f} " +
               " ".join(f"{k[:5]}={v:.2f}" for k, v in m.items()) + f" t={time.perf_counter()-t0:.0f}s", flush=True)
+        if a.aux > 0 and promptable:
+            with torch.no_grad():
+                model.eval()
+                m = argmax_dice(lambda image: aux_logits(model.encode_image(image)))
+            print(f"   aux head  {np.nanmean(list(m.values())):.3f} " + " ".join(f"{k[:5]}={v:.2f}" for k, v in m.items()),
+                  flush=True)
         if promptable:
             for combo in ("box+text", "box", "points"):
                 print(f"   {combo:9s} {np.nanmean(list(val(combo).values())):.3f}", flush=True)
