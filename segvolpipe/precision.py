@@ -2,9 +2,10 @@
 
 On CUDA GPUs with bf16 (Ampere and later) and on CPUs with AVX512-BF16 or AMX, autocast runs convolutions and
 matrix products in bfloat16 with float32 weights, optimiser state and losses. On this project's 2-core
-AVX512-BF16 machine it makes a 3d_lite U-Net training step 2.6× and its inference 2.7× faster, the ViT variants'
-steps about as fast as in float32 (``BENCHMARKS.md``, model zoo section, "bf16 autocast on this CPU"). A CPU without native bf16 would only
-emulate it, slower than float32: there autocast stays off whatever the plans say.
+AVX512-BF16 machine it makes a 3d_lite U-Net training step 2.6× and its inference 2.7× faster, the ViT
+variants' steps about as fast as in float32 (``BENCHMARKS.md``, model zoo section, "bf16 autocast on this CPU").
+A CPU without native bf16 would only emulate it, slower than float32: there autocast stays off whatever the plans
+say.
 """
 
 from __future__ import annotations
