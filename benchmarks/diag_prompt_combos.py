@@ -13,7 +13,8 @@ from segvolpipe.models.registry import build_model, load_model_state
 from segvolpipe.paths import preprocessed_root
 from segvolpipe.planning.plans import load_plans
 from segvolpipe.training.data import CaseStore, TrainingLoader
-from segvolpipe.training.stage import TrainOptions, _fold_cases, build_config
+from segvolpipe.training.parts import fold_cases
+from segvolpipe.training.stage import TrainOptions, build_config
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from _prompt_eval import combo_dice  # noqa: E402
@@ -24,7 +25,7 @@ pre = preprocessed_root() / ds
 cfg = build_config(load_plans(pre / "plans.json"), TrainOptions(configuration="3d_lite"), "0", "cpu")
 model = build_model(cfg.model).eval()
 load_model_state(model, torch.load(ck, weights_only=True)["model"])
-tr, va = _fold_cases(pre, "0")
+tr, va = fold_cases(pre, "0")
 store = CaseStore(pre / "3d_lite", va, None)
 vo = replace(cfg.sampling, augment=False, zoom_out_probability=0.0, pseudo_masks=False, oversample_foreground=0.5)
 batches = list(TrainingLoader(store, va, vo, 11, 0).epoch(0, 8))

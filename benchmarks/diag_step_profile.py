@@ -16,8 +16,9 @@ from segvolpipe.paths import preprocessed_root
 from segvolpipe.planning.plans import load_plans
 from segvolpipe.training.data import CaseStore, make_sample
 from segvolpipe.training.losses import prompt_loss
+from segvolpipe.training.parts import fold_cases
 from segvolpipe.training.prompts import sample_prompts
-from segvolpipe.training.stage import TrainOptions, _fold_cases, build_config
+from segvolpipe.training.stage import TrainOptions, build_config
 
 torch.set_num_threads(2)
 ds = sys.argv[1]
@@ -25,7 +26,7 @@ variant = sys.argv[2] if len(sys.argv) > 2 else "segvol"
 pre = preprocessed_root() / ds
 plans = load_plans(pre / "plans.json")
 cfg = build_config(plans, TrainOptions(variant=variant, configuration="3d_lite"), "0", "cpu")
-tr, va = _fold_cases(pre, "0")
+tr, va = fold_cases(pre, "0")
 store = CaseStore(pre / "3d_lite", tr, None)
 s = replace(cfg.sampling, pseudo_masks=False)
 for aug in (True, False):

@@ -21,7 +21,8 @@ from segvolpipe.models.registry import build_model
 from segvolpipe.paths import preprocessed_root
 from segvolpipe.planning.plans import load_plans
 from segvolpipe.training.data import CaseStore, TrainingLoader
-from segvolpipe.training.stage import TrainOptions, _fold_cases, build_config
+from segvolpipe.training.parts import fold_cases
+from segvolpipe.training.stage import TrainOptions, build_config
 from segvolpipe.training.trainer import Distributed, FoldFiles, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,7 +67,7 @@ if a.max_prompts:
 if a.combos:
     p = replace(p, combos=tuple(a.combos.split(",")))
 cfg = replace(cfg, sampling=s, prompts=p, epochs=1, iters_per_epoch=a.steps)
-train_cases, val_cases = _fold_cases(pre, "0")
+train_cases, val_cases = fold_cases(pre, "0")
 torch.manual_seed(cfg.seed)
 model = build_model(cfg.model)
 unused = set(model.unused_parameter_names()) if hasattr(model, "unused_parameter_names") else set()

@@ -22,10 +22,9 @@ from segvolpipe.models.registry import build_model, check_variant
 from segvolpipe.models.spec import CT, ModelSpec, spec_from_plans
 from segvolpipe.paths import preprocessed_root, resolve_dataset, results_root
 from segvolpipe.planning.plans import Plans, load_plans
-from segvolpipe.planning.splits import load_splits
 from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
 from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
-from segvolpipe.training.data import SamplingOptions
+from segvolpipe.training.parts import data_parts, data_splits
 from segvolpipe.training.trainer import Distributed, FoldFiles
 from segvolpipe.training.transfer import (
     init_checkpoint,
@@ -116,17 +115,6 @@ def copy_metadata(pre: Path, out: Path) -> None:
         if (pre / name).exists():
             with atomic_path(out / name) as tmp:
                 shutil.copyfile(pre / name, tmp)
-
-
-def _fold_cases(pre: Path, fold: str) -> tuple[list[str], list[str]]:
-    splits = load_splits(pre / "splits.json")
-    if fold == "all":
-        cases = sorted({c for s in splits for c in s["train"] + s["val"]})
-        return cases, []
-    k = int(fold)
-    if k >= len(splits):
-        raise UserError(f"fold {k} does not exist ({len(splits)} folds in splits.json)", pre / "splits.json")
-    return list(splits[k]["train"]), list(splits[k]["val"])
 
 
 def _init_source(config: TrainConfig, options: TrainOptions) -> tuple[Path | None, str]:
@@ -269,7 +257,7 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
         if not options.overwrite and not options.resume and _trained(config, files):
             from segvolpipe.training.validation import validate_trained_fold
 
-            validated = validate_trained_fold(config, _data_parts(config, options, pre), files, options.progress)
+            validated = validate_trained_fold(config, data_splits(config, pre), files, options.progress)
             if validated is not None:
                 return FoldResult(config.fold, folder, "validated", *validated)
             logger.info("fold %s is already trained with these settings: %s (--overwrite retrains)", config.fold,
@@ -296,48 +284,6 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
         return run_fold_process(config, options, pre, folder, Distributed())
 
 
-@dataclass
-class _DataPart:
-    """One dataset's share of a fold: its cases, store and sampling options."""
-
-    dataset: str
-    pre: Path
-    train: list[str]
-    val: list[str]
-    store: object  # CaseStore
-    sampling: SamplingOptions
-    pseudo: Path | None
-    weight: float = 1.0
-
-
-def _data_parts(config: TrainConfig, options: TrainOptions, pre: Path) -> list[_DataPart]:
-    """The fold's data: the dataset's, or one part per dataset of a universal model (reference first)."""
-    from segvolpipe.training.data import CaseStore
-
-    conf = config.configuration
-    if config.universal is None:
-        sources = [(config.dataset, pre, config.sampling.label_mirror, 1.0)]
-    else:
-        sources = [(s.dataset, preprocessed_root() / s.dataset, s.label_mirror, s.weight)
-                   for s in config.universal.sources]
-    parts = []
-    for dataset, folder, mirror, weight in sources:
-        train, val = _fold_cases(folder, config.fold)
-        pseudo: Path | None = folder / "pseudomasks" / conf
-        if not (config.sampling.pseudo_masks and config.variant != "unet"):
-            pseudo = None
-        elif not pseudo.is_dir():
-            if options.pseudo_masks:
-                raise UserError(f"no pseudo-masks for {conf}: run 'segvol pseudomask -d {dataset} -c {conf}' or "
-                                "train with --no-pseudo-masks", pseudo)
-            logger.info("no pseudo-masks in %s: training without them", pseudo)
-            pseudo = None
-        store = CaseStore(folder / conf, train + val, pseudo)
-        sampling = replace(config.sampling, label_mirror=mirror, pseudo_masks=pseudo is not None)
-        parts.append(_DataPart(dataset, folder, train, val, store, sampling, pseudo, weight))
-    return parts
-
-
 def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path,
                      dist: Distributed) -> FoldResult:
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
@@ -360,7 +306,7 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     if init_path is not None and not options.resume:
         _load_init(model, spec, init_path, kind)
     model.to(device)
-    parts = _data_parts(config, options, pre)
+    parts = data_parts(config, pre, options.pseudo_masks)
     use_pseudo = any(part.pseudo is not None for part in parts)
     config = replace(config, sampling=replace(config.sampling, pseudo_masks=use_pseudo))
     first, *more = parts

@@ -92,7 +92,7 @@ def validation_missing(config: TrainConfig, parts: Sequence[Any], validation: Pa
 
 def validate_fold(config: TrainConfig, parts: Sequence[Any], model: nn.Module, validation: Path, device: torch.device,
                   progress: bool = True) -> dict[str, Any]:
-    """Validate a fold's model on each data part's validation cases (``parts``: the stage's ``_DataPart``s:
+    """Validate a fold's model on each data part's validation cases (``parts``: the stage's ``_DataSplit``s:
     ``dataset``, ``pre``, ``val``); returns the summary (a universal model's: one per dataset)."""
     results: dict[str, Any] = {}
     for part, out in _outputs(config, parts, validation):
