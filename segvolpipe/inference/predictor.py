@@ -34,7 +34,7 @@ from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_na
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
 from segvolpipe.precision import use_bf16
-from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_to_canonical
+from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_soft_box, revert_to_canonical
 from segvolpipe.training.universal import UNIVERSAL_PREFIX
 
 MODES = ("zoom", "sliding")
@@ -297,10 +297,15 @@ class Predictor:
                          self.threshold if self.promptable else None)
         zoom_info: dict[str, Any] = {}
         start = time.perf_counter()
+        # Without the maps to keep, each is mapped back only where it can win a voxel: above the threshold
+        # (promptable), or at 1/(outputs) of a softmax (whose winner is never below it) — the labels are the same.
+        floor = self.threshold if self.promptable else 0.99 / len(values)
         for index, prob in self._probabilities(tensor, prompts, zoom_info, names):
             t0 = time.perf_counter()
-            canonical = revert_to_canonical(prob[None].numpy(), props, is_label=False, fill=0.0)[0]
-            merger.add(index, values[index], canonical)
+            if probabilities or floor <= 0:
+                merger.add(index, values[index], revert_to_canonical(prob[None].numpy(), props, False, 0.0)[0])
+            elif (part := revert_soft_box(prob.numpy(), props, floor)) is not None:
+                merger.add(index, values[index], part[1], part[0])
             seconds["export"] = seconds.get("export", 0.0) + time.perf_counter() - t0
         seconds["predict"] = time.perf_counter() - start - seconds.get("export", 0.0)
         label = merger.label()
@@ -365,12 +370,15 @@ class _Merger:
         self.threshold = threshold
         self.probabilities = np.zeros((outputs, *shape), dtype=np.float16) if keep else None
 
-    def add(self, index: int, value: int, prob: np.ndarray) -> None:
-        better = prob > self.best
-        self.best[better] = prob[better]
-        self.values[better] = value
+    def add(self, index: int, value: int, prob: np.ndarray, region: tuple[slice, ...] | None = None) -> None:
+        """Merge output ``index`` (label ``value``): ``prob`` covers the whole grid, or only ``region`` of it."""
+        region = region or (slice(None),) * self.best.ndim
+        best = self.best[region]
+        better = prob > best
+        best[better] = prob[better]
+        self.values[region][better] = value
         if self.probabilities is not None:
-            self.probabilities[index] = prob
+            self.probabilities[index][region] = prob
 
     def label(self) -> np.ndarray:
         if self.threshold is not None:

@@ -30,6 +30,7 @@ from segvolpipe.preprocessing.resampling import (
     resample_image,
     resample_label,
     resample_soft,
+    resample_soft_box,
     resampled_shape,
 )
 
@@ -131,6 +132,35 @@ def revert_to_canonical(
     out = np.full((array.shape[0], *full), fill, dtype=np.float32)
     out[(slice(None), *sl)] = resample_soft(array, cropped_shape, axis)
     return out
+
+
+def revert_soft_box(prob: np.ndarray, props: dict[str, Any], floor: float) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """:func:`revert_to_canonical` of one soft map, computed only where it can reach ``floor`` (> 0).
+
+    Exporting a target needs only the voxels where its probability can reach the decision threshold; on a
+    large CT most targets cover a small part of the grid, so this resamples a box instead of the whole map.
+
+    Args:
+        prob: ``[Z', Y', X']`` probabilities on the grid of ``props["shape_after_resampling"]``.
+        props: The case's properties (``{case}.json``).
+        floor: Every canonical voxel outside the returned region is below it.
+
+    Returns:
+        ``(region, values)`` — slices of the canonical grid and the float32 map there, equal to the full
+        :func:`revert_to_canonical` inside the region — or None when no voxel reaches ``floor``.
+    """
+    if floor <= 0:
+        raise ValueError(f"floor must be positive (outside the crop box the map is 0), got {floor}")
+    if tuple(prob.shape) != tuple(props["shape_after_resampling"]):
+        raise ValueError(f"map shape {prob.shape} is not the preprocessed shape {props['shape_after_resampling']}")
+    reach = prob >= floor
+    hits = [np.flatnonzero(reach.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+    if hits[0].size == 0:
+        return None
+    box = [(int(h[0]), int(h[-1]) + 1) for h in hits]
+    region, values = resample_soft_box(prob, tuple(props["cropped_shape"]), box, props.get("anisotropic_axis"))
+    offset = tuple(slice(r.start + a, r.stop + a) for r, (a, _) in zip(region, props["bbox"], strict=True))
+    return offset, values
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,51 @@ def _output_box(box: Sequence[tuple[int, int]], shape: Sequence[int], new_shape:
     return out
 
 
+def _box_weights(
+    box: Sequence[tuple[int, int]], shape: Sequence[int], new_shape: Sequence[int], kinds: Sequence[str]
+) -> tuple[tuple[slice, ...], tuple[slice, ...], list[sparse.csr_matrix | None]]:
+    """What resampling (linear or nearest per axis) needs to produce only the outputs that can read ``box``.
+
+    Returns:
+        ``(region, crop, weights)``: the output voxels whose stencil can touch the input ``box`` (every
+        other output reads inputs outside it only), the input voxels those outputs read, and per axis the
+        weights restricted to both (None where the axis keeps its size).
+    """
+    region, crop, mats = [], [], []
+    for a, (start, stop) in enumerate(_output_box(box, shape, new_shape)):
+        region.append(slice(start, stop))
+        if shape[a] == new_shape[a]:
+            crop.append(slice(start, stop))
+            mats.append(None)
+            continue
+        w = axis_weights(int(shape[a]), int(new_shape[a]), kinds[a], start, stop)
+        c0, c1 = int(w.indices.min()), int(w.indices.max()) + 1
+        crop.append(slice(c0, c1))
+        mats.append(w[:, c0:c1].tocsr())
+    return tuple(region), tuple(crop), mats
+
+
+def resample_soft_box(
+    volume: np.ndarray, new_shape: Sequence[int], box: Sequence[tuple[int, int]], axis: int | None = None
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """:func:`resample_soft` of one map [Z, Y, X], computed only where the output can read the input ``box``.
+
+    The result equals the whole resampled map inside the returned region; every output voxel outside it
+    interpolates input voxels outside ``box`` only (so it is below a floor when every voxel at or above that
+    floor lies in ``box``: linear weights are convex).
+
+    Returns:
+        ``(region, values)``: slices of the ``new_shape`` grid and float32 values of that region.
+    """
+    new_shape = tuple(int(n) for n in new_shape)
+    region, crop, mats = _box_weights(box, volume.shape, new_shape, _kinds("linear", axis))
+    out = volume[crop].astype(np.float32)
+    for a in sorted(range(3), key=lambda a: new_shape[a] / volume.shape[a]):
+        if mats[a] is not None:
+            out = _apply_axis(out, mats[a], a)
+    return region, out
+
+
 def resample_label(label: np.ndarray, new_shape: Sequence[int], axis: int | None = None, order: int = 1) -> np.ndarray:
     """Resample a label map [Z, Y, X] to ``new_shape`` without inventing labels.
 
@@ -173,25 +218,15 @@ def _linear_one_hot(label: np.ndarray, new_shape: tuple[int, int, int]) -> np.nd
     best = np.zeros(new_shape, dtype=np.float32)
     total = np.zeros(new_shape, dtype=np.float32)
     out = np.zeros(new_shape, dtype=label.dtype)
+    kinds = _kinds("linear", None)
     for value, sl in enumerate(ndimage.find_objects(label), start=1):  # labels are validated non-negative
         if sl is None:
             continue
-        out_box = _output_box([(s.start, s.stop) for s in sl], label.shape, new_shape)
-        crop, mats = [], []
-        for a, (start, stop) in enumerate(out_box):
-            if label.shape[a] == new_shape[a]:
-                crop.append(slice(start, stop))
-                mats.append(None)
-                continue
-            w = axis_weights(label.shape[a], new_shape[a], "linear")[start:stop]
-            c0, c1 = int(w.indices.min()), int(w.indices.max()) + 1
-            crop.append(slice(c0, c1))
-            mats.append(w[:, c0:c1].tocsr())
-        score = (label[tuple(crop)] == value).astype(np.float32)
+        region, crop, mats = _box_weights([(s.start, s.stop) for s in sl], label.shape, new_shape, kinds)
+        score = (label[crop] == value).astype(np.float32)
         for a, m in enumerate(mats):
             if m is not None:
                 score = _apply_axis(score, m, a)
-        region = tuple(slice(a, b) for a, b in out_box)
         total[region] += score
         better = score > best[region]
         out[region][better] = value

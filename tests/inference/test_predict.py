@@ -244,6 +244,26 @@ def test_folds_are_ensembled_and_the_model_is_found_without_arguments(model_fold
     assert picked.exit_code == 0, picked.output
 
 
+@pytest.mark.parametrize("variant", ["segvol", "unet"])
+def test_labels_exported_in_boxes_equal_the_full_export(roots, variant, request):
+    """Without ``--save-probabilities`` each target is mapped back only where it can win a voxel; the labels must be
+    those of mapping every map back whole (the path taken when the probabilities are kept). The promptable model is
+    the known-answer one on a ramp (probabilities across the whole range), the U-Net an untrained one (every class wins somewhere)."""
+    if variant == "segvol":
+        request.getfixturevalue("known_answer")
+    make_blob_dataset(roots["raw"], 12, n=4, shape=(16, 32, 28))
+    folder = tiny_model_folder(roots, "12", variant)
+    image, _ = _liver_image((15, 33, 27), seed=5)
+    image[:, :, :] = np.linspace(40, 60, 27, dtype=np.float32)  # a shallow ramp: probabilities 0.12 to 0.88
+    geometry = Geometry.from_canonical_spec((15, 33, 27), (3.0, 0.8, 0.8), ("L", "P", "S"))
+    predictor = Predictor(folder, mode="sliding")
+    whole = predictor.predict(image[None], geometry, predictor.targets(), probabilities=True)
+    boxed = predictor.predict(image[None], geometry, predictor.targets())
+    assert boxed.probabilities is None
+    assert 0 < (whole.label > 0).sum() < whole.label.size and len(np.unique(whole.label)) > 1
+    np.testing.assert_array_equal(boxed.label, whole.label)
+
+
 def test_wrong_channel_count_and_nan_voxels_are_clear_errors(model_folder, tmp_path):
     predictor = Predictor(model_folder, mode="sliding")
     geometry = Geometry.from_canonical_spec((8, 8, 8), (1.0, 1.0, 1.0))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segvolpipe.io.nifti import Geometry, read_image, read_label, write_label, write_volume
-from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_to_canonical
+from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_soft_box, revert_to_canonical
 from segvolpipe.preprocessing.normalization import ChannelNorm
 from tests.conftest import blob_case
 
@@ -86,6 +86,30 @@ def test_soft_maps_revert_to_full_grid() -> None:
     assert back.shape == (2, *image.shape[1:])
     assert back[1, 1:-1, 1:-1, 1:-1] == pytest.approx(0.75)
     assert back[1, 0].max() == 0.0
+
+
+@pytest.mark.parametrize("spacing, target", [((2.0, 1.0, 1.0), (1.0, 1.3, 0.7)), ((4.0, 0.8, 0.8), (4.0, 1.1, 1.1))])
+def test_a_soft_map_reverted_in_its_box_equals_the_full_revert_there(spacing, target) -> None:
+    """The predictor exports each target only where it can reach the threshold: inside the returned region the
+    values are the full export's, outside it the full export stays below the floor (also along a coarse axis
+    resampled by nearest neighbour)."""
+    image, _ = blob_case((12, 30, 26), 1)
+    image = np.pad(image, 2)[None]
+    geom = Geometry.from_canonical_spec(image.shape[1:], spacing)
+    data, _, props = preprocess_arrays(image, None, geom, PreprocessSettings(target, NORM))
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in data.shape[1:]], indexing="ij")
+    prob = (1 / (1 + np.exp(12 * (np.sqrt((zz - 0.3) ** 2 + (yy + 0.2) ** 2 + xx**2) - 0.35)))).astype(np.float32)
+    prob += rng.uniform(0, 0.05, prob.shape).astype(np.float32)
+    full = revert_to_canonical(prob[None], props, is_label=False, fill=0.0)[0]
+    for floor in (0.5, 0.9):
+        region, values = revert_soft_box(prob, props, floor)
+        np.testing.assert_allclose(values, full[region], atol=1e-6)
+        outside = np.ones(full.shape, bool)
+        outside[region] = False
+        assert full[outside].max() < floor
+        assert values.size < full.size / 2  # the point: a box, not the grid
+    assert revert_soft_box(prob, props, 2.0) is None
 
 
 def test_settings_key_changes_with_settings() -> None:
