@@ -4,7 +4,8 @@
 neither, the only trained model; :class:`Predictor` loads its folds and predicts one case held in memory:
 preprocess with the plans (crop, normalise, resample), predict every target (``sliding`` or ``zoom``), average
 the folds' probabilities, map each target back to the file's grid and merge. Memory stays bounded: targets
-are reverted and merged one at a time into a running best probability and label (two full-volume maps), the
+are reverted and merged one at a time into a running best probability and label (two full-volume maps), each
+only inside the box where it can win a voxel unless its probabilities are kept, the
 folds' probabilities are summed at half precision on the (smaller) preprocessed grid only when there are
 several folds, and the sliding mode predicts the targets in groups sized to a memory budget.
 """
