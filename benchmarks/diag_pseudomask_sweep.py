@@ -1,6 +1,8 @@
 """Pseudo-mask settings sweep on a preprocessed dataset: mean best-match Dice (liver, spleen, kidneys = label values
 1–4) after cleaning, and before, over its cases, for each settings object given as JSON. ``scale`` is a working-grid
-factor (``working_grid`` = the case's shape × scale). Two processes.
+factor (``working_grid`` = the case's shape × scale). ``{"oracle": true}`` replaces the graph regions with the ground
+truth itself (each class one region, the background another): the ceiling that the cleaning alone leaves (other
+keys still set the cleaning, e.g. ``{"oracle": true, "min_fraction": 1e-5}``). Two processes.
 
 `.venv/bin/python benchmarks/diag_pseudomask_sweep.py Dataset901_PhantomLR '[{}, {"min_size": 500}, {"rule": "percentile"}, {"scale": 2}]'`
 """
@@ -26,11 +28,14 @@ def run(job: tuple[str, str, dict]) -> tuple[list[float], list[float]]:
     spacing = tuple(json.load(open(f"{folder}/{case}.json"))["target_spacing"])
     settings = dict(settings)
     factor = settings.pop("scale", None)
+    oracle = settings.pop("oracle", False)
     if factor:
         settings["working_grid"] = tuple(int(round(n * factor)) for n in image.shape)
     s = PseudomaskSettings(**settings)
-    raw = segment_case(image, spacing, s)
+    raw = (seg.astype(np.int32) + 1) if oracle else segment_case(image, spacing, s)
     cleaned = clean_regions(raw, body_mask(image), max(1, int(round(s.min_fraction * image.size))), s.morphology)
+    if oracle:  # region c + 1 is class c; the background's region becomes "no region"
+        cleaned, raw = np.where(cleaned > 0, cleaned - 1, cleaned), raw - 1
     after, before = best_match_dice(cleaned, seg, CLASSES), best_match_dice(raw, seg, CLASSES)
     return [after.get(c, np.nan) for c in CLASSES], [before.get(c, np.nan) for c in CLASSES]
 
