@@ -35,7 +35,12 @@ from segvolpipe.models.spec import CT, MODALITIES, ModelSpec, normalise_label_na
 from segvolpipe.paths import list_datasets, resolve_dataset, results_root
 from segvolpipe.planning.plans import ConfigurationPlan, Plans, load_plans
 from segvolpipe.precision import use_bf16
-from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_soft_box, revert_to_canonical
+from segvolpipe.preprocessing.case import (
+    PreprocessSettings,
+    preprocess_arrays,
+    revert_soft_box,
+    revert_to_canonical,
+)
 from segvolpipe.training.universal import UNIVERSAL_PREFIX
 
 MODES = ("zoom", "sliding")

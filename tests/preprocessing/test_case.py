@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from segvolpipe.io.nifti import Geometry, read_image, read_label, write_label, write_volume
-from segvolpipe.preprocessing.case import PreprocessSettings, preprocess_arrays, revert_soft_box, revert_to_canonical
+from segvolpipe.preprocessing.case import (
+    PreprocessSettings,
+    preprocess_arrays,
+    revert_soft_box,
+    revert_to_canonical,
+)
 from segvolpipe.preprocessing.normalization import ChannelNorm
 from tests.conftest import blob_case
 
