@@ -66,7 +66,7 @@ def train(args: list[str], budget: float, folder: Path) -> dict:
 def fold_model(folder: Path):
     import torch
 
-    from segvolpipe.inference.predictor import load_fold_models
+    from segvolpipe.inference.model_folder import load_fold_models
     from segvolpipe.models.registry import count_parameters
 
     spec, models = load_fold_models(folder, ["0"], "final", torch.device("cpu"))

@@ -74,7 +74,7 @@ def run_compare(dataset: str | None = None, model: str | None = None, configurat
     Raises:
         UserError: no trained model there, or none evaluated yet (the command to run is named).
     """
-    from segvolpipe.inference.predictor import trained_folds
+    from segvolpipe.inference.model_folder import trained_folds
 
     base = Path(model).parent if model else results_root() / resolve_dataset(dataset, results_root())
     folders = [f for f in sorted(base.glob("*__*")) if f.is_dir() and (f / "plans.json").is_file()

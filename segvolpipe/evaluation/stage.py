@@ -188,7 +188,7 @@ def folder_labels(labels: str | None, dataset: str | None, ref: Path) -> tuple[d
 
 def evaluate_model(options: EvaluateOptions) -> EvaluateResult:
     """Score a trained model's test or cross-validation predictions, run the rotation test, draw the figures."""
-    from segvolpipe.inference.predictor import resolve_model_folder
+    from segvolpipe.inference.model_folder import resolve_model_folder
     from segvolpipe.training.universal import dataset_folder, load_universal
 
     folder = resolve_model_folder(options.dataset, options.model, options.configuration, options.variant)

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from segvolpipe.errors import UserError
-from segvolpipe.inference.predictor import Predictor, resolve_model_folder, volumes_ml
+from segvolpipe.inference.model_folder import resolve_model_folder
+from segvolpipe.inference.predictor import Predictor, volumes_ml
 from segvolpipe.inference.prompts import Target, UserPrompt
 from segvolpipe.io.atomic import atomic_path, read_json, remove_stale_temporaries, write_json
 from segvolpipe.io.lock import stage_lock

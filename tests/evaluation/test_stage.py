@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from segvolpipe.cli import app
 from segvolpipe.evaluation.rotation import SEED_PROTOCOL_ANGLES
 from segvolpipe.inference import predictor as predictor_module
-from segvolpipe.inference.predictor import FoldModel
+from segvolpipe.inference.model_folder import FoldModel
 from segvolpipe.io.nifti import Geometry, read_label, write_label, write_volume
 from tests.conftest import AXCODES, blob_case, tiny_model_folder
 from tests.inference.test_predict import LiverByIntensity

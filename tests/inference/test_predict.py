@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from segvolpipe.cli import app
 from segvolpipe.inference import predictor as predictor_module
-from segvolpipe.inference.predictor import FoldModel, Predictor
+from segvolpipe.inference.model_folder import FoldModel
+from segvolpipe.inference.predictor import Predictor
 from segvolpipe.inference.prompts import UserPrompt, canonical_to_preprocessed, locate, to_canonical
 from segvolpipe.io.nifti import Geometry, read_image, read_label, write_volume
 from tests.conftest import blob_case, make_blob_dataset, tiny_model_folder

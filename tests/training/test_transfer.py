@@ -136,7 +136,7 @@ def test_the_lora_baseline_trains_only_its_adapters_on_a_frozen_base(ct_checkpoi
 
 
 def test_a_lora_checkpoint_loads_back_for_prediction(ct_checkpoint, tmp_path):
-    from segvolpipe.inference.predictor import load_fold_models
+    from segvolpipe.inference.model_folder import load_fold_models
 
     spec = transfer_spec(tiny_spec(), _mri_spec(), "segvol", lora=True)
     model = _loaded(ct_checkpoint, spec)
