@@ -157,7 +157,7 @@ def _box_weights(
             crop.append(slice(start, stop))
             mats.append(None)
             continue
-        w = axis_weights(int(shape[a]), int(new_shape[a]), kinds[a], start, stop)
+        w = axis_weights(int(shape[a]), int(new_shape[a]), kinds[a])[start:stop]  # the whole axis's cached weights
         c0, c1 = int(w.indices.min()), int(w.indices.max()) + 1
         crop.append(slice(c0, c1))
         mats.append(w[:, c0:c1].tocsr())
