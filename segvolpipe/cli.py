@@ -234,7 +234,7 @@ def predict(
     box: Annotated[str | None, typer.Option("--box", help="Box prompt: two opposite corners a0,b0,c0,a1,b1,c1 (see --coords).")] = None,
     point: Annotated[list[str] | None, typer.Option("--point", help="Point prompt a,b,c or a,b,c,neg (repeatable; see --coords).")] = None,
     coords: Annotated[Coords, typer.Option("--coords", help="voxel: indices i,j,k of the input file's own axes; world: x,y,z in RAS millimetres (the NIfTI affine).")] = Coords.voxel,
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation (8 flips per window).")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation: each window also mirrored along the axes the model's training mirrored (the plans' mirror_axes; left-right: 2 passes).")] = False,
     step: Annotated[float | None, typer.Option("--step", help="Distance between windows as a fraction of the window (default: the plans', 0.5).")] = None,
     save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="Also write {case}_probabilities.npz (float16, the input's grid).")] = False,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,

@@ -111,3 +111,60 @@ def test_promptable_mirroring_tta_asks_for_the_partner_across_the_body() -> None
     assert (plain[0, ..., :4] > 0).all() and (plain[1, ..., 4:] > 0).all()
     assert TargetPrompt(0).mirrored((2,), (4, 6, 8), (1, 0)).text == 1
     assert TargetPrompt(0).mirrored((0, 1), (4, 6, 8), (1, 0)).text == 0
+
+
+def _ramps() -> tuple[np.ndarray, np.ndarray]:
+    """An image brightening along z, y and x (each ramp a different size), and an empty segmentation."""
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (12, 16, 20)), indexing="ij")
+    return (4 * z + 2 * y + x).astype(np.float32)[None], np.zeros((2, 12, 16, 20), np.float32)
+
+
+def _flipped(image: np.ndarray) -> tuple[bool, bool, bool]:
+    """Which axes of an augmented :func:`_ramps` image now run downhill."""
+    return tuple(bool(np.diff(image[0].mean(axis=tuple(b for b in range(3) if b != a))).mean() < 0)
+                 for a in range(3))  # type: ignore[return-value]
+
+
+def test_augmentation_mirrors_only_the_planned_axes() -> None:
+    image, seg = _ramps()
+    across = [_flipped(augment(image, seg, np.random.default_rng(s), (12, 16, 20), mirror_axes=(2,))[0])
+              for s in range(24)]
+    assert not any(f[0] or f[1] for f in across)  # never upside down or back to front
+    assert 4 < sum(f[2] for f in across) < 20
+    everywhere = [_flipped(augment(image, seg, np.random.default_rng(s), (12, 16, 20))[0]) for s in range(24)]
+    assert all(4 < sum(f[a] for f in everywhere) < 20 for a in range(3))  # the default: nnU-Net's three axes
+    # one draw per axis either way: the samples that flip across the body are the same ones
+    assert [f[2] for f in across] == [f[2] for f in everywhere]
+
+
+def test_plans_mirror_across_the_body_and_older_runs_keep_three_axes() -> None:
+    from segvolpipe.config import from_jsonable
+    from segvolpipe.planning.plans import TrainerPlan
+    from segvolpipe.training.data import SamplingOptions
+
+    assert TrainerPlan(batch_size=2, epochs=1, iters_per_epoch=1).mirror_axes == (2,)
+    old = from_jsonable(SamplingOptions, {"input_size": [8, 8, 8], "batch_size": 2})  # a config.json before the field
+    assert old.mirror_axes == (0, 1, 2)
+    with pytest.raises(ValueError, match="mirror axes"):
+        SamplingOptions((8, 8, 8), 2, mirror_axes=(2, 3))
+
+
+@pytest.mark.parametrize(("trained", "tta", "flips"), [
+    ({"sampling": {"mirror_axes": [2]}}, True, (2,)),
+    ({}, True, (0, 1, 2)),  # a checkpoint that does not say: trained before the plans chose, on all three
+    ({"sampling": {"mirror_axes": [2]}}, False, ()),
+])
+def test_tta_flips_only_the_axes_training_mirrored(roots, trained, tta, flips) -> None:
+    from segvolpipe.inference.predictor import Predictor
+    from segvolpipe.training.checkpoint import load_checkpoint, save_checkpoint
+    from tests.conftest import make_blob_dataset, tiny_model_folder
+
+    make_blob_dataset(roots["raw"], 12, n=4, shape=(16, 32, 28))
+    folder = tiny_model_folder(roots, "12", "unet")
+    path = folder / "fold_0" / "checkpoint_final.pt"
+    payload = load_checkpoint(path)
+    model = Predictor(folder, mode="sliding").models[0].model
+    save_checkpoint(path, model, None, payload["state"], trained, payload["spec"])
+    predictor = Predictor(folder, mode="sliding", tta=tta)
+    assert predictor.mirror_axes == flips
+    assert predictor.describe()["tta_axes"] == list(flips)

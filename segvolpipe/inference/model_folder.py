@@ -99,6 +99,9 @@ class FoldModel:
     fold: str
     path: Path
     model: nn.Module
+    #: the axes its training mirrored (what mirroring test-time augmentation may flip); all three for
+    #: checkpoints written before the plans chose them
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
 
 
 def load_fold_models(folder: Path, folds: Sequence[str] | None, checkpoint: str,
@@ -133,7 +136,8 @@ def load_fold_models(folder: Path, folds: Sequence[str] | None, checkpoint: str,
             load_model_state(model, payload["model"])
         except RuntimeError as exc:
             raise UserError(f"checkpoint does not fit its own model ({str(exc).splitlines()[0]})", path) from None
-        out.append(FoldModel(fold, path, model.to(device).eval()))
+        sampling = payload["config"].get("sampling") or {}
+        out.append(FoldModel(fold, path, model.to(device).eval(), tuple(sampling.get("mirror_axes", (0, 1, 2)))))
     assert spec is not None
     return spec, out
 

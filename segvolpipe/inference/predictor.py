@@ -100,7 +100,8 @@ class Predictor:
         if not 0.0 < step <= 1.0:
             raise UserError(f"--step must lie in (0, 1] (a fraction of the window), got {step}")
         self.overlap = 1.0 - step
-        self.mirror_axes = (0, 1, 2) if tta else ()
+        # test-time mirroring flips only what every fold's training mirrored (the plans' mirror_axes)
+        self.mirror_axes = tuple(a for a in range(3) if all(a in m.mirror_axes for m in models)) if tta else ()
         self.bf16 = use_bf16(device, self.conf.trainer.bf16_on_cuda, self.conf.trainer.bf16_on_cpu)
         self.threshold = inference.threshold
         self.settings = PreprocessSettings(self.conf.target_spacing, plans.normalization, self.conf.image_order,
@@ -116,6 +117,7 @@ class Predictor:
                 "configuration": self.spec.configuration,
                 "folds": [m.fold for m in self.models], "checkpoints": [str(m.path) for m in self.models],
                 "mode": self.mode, "step": 1.0 - self.overlap, "tta": bool(self.mirror_axes),
+                "tta_axes": list(self.mirror_axes),
                 "device": str(self.device)}
 
     # -- targets -------------------------------------------------------------------------------------------------

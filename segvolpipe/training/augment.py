@@ -161,8 +161,10 @@ def augment(
     input_size: tuple[int, int, int],
     rotation_aug: bool = False,
     label_mirror: tuple[int, ...] | None = None,
+    mirror_axes: tuple[int, ...] = (0, 1, 2),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Augment one sample and centre-crop it to ``input_size``, then mirror each axis with probability 0.5.
+    """Augment one sample and centre-crop it to ``input_size``, then mirror each of ``mirror_axes`` with
+    probability 0.5.
 
     Mirroring axis 2 (the patient's left–right axis) turns a left structure into a right one: with
     ``label_mirror`` the segmentation values ``v`` in ``0..K`` become ``label_mirror[v]`` then (``"left kidney"`` ↔
@@ -175,6 +177,7 @@ def augment(
         input_size: Output ``(z, y, x)``.
         rotation_aug: Use :data:`WIDE_ROTATION` instead of :data:`DEFAULT_ROTATION`.
         label_mirror: Label values after a left–right mirror (see :meth:`ModelSpec.label_mirror`), or None.
+        mirror_axes: The axes that may be mirrored (0, 1, 2 = z, y, x).
 
     Returns:
         ``image`` float32 ``[C, *input_size]`` and ``seg`` float32 ``[S, *input_size]`` holding only
@@ -188,7 +191,8 @@ def augment(
         seg=np.ascontiguousarray(seg[None], dtype=np.float32),
     )
     image, seg = np.asarray(out["data"][0], dtype=np.float32), np.asarray(out["seg"][0], dtype=np.float32)
-    flips = tuple(a for a in range(3) if np.random.uniform() < 0.5)
+    # one draw per axis whichever axes may flip, so a sample's other random choices do not depend on them
+    flips = tuple(a for a in range(3) if np.random.uniform() < 0.5 and a in mirror_axes)
     if flips:
         image = np.ascontiguousarray(np.flip(image, axis=tuple(a + 1 for a in flips)))
         seg = np.ascontiguousarray(np.flip(seg, axis=tuple(a + 1 for a in flips)))

@@ -40,6 +40,8 @@ class SamplingOptions:
         pseudo_masks: Return the pseudo-masks (zeros otherwise, or when a case has none).
         label_mirror: Label values after a left–right mirror (``ModelSpec.label_mirror``): lateral classes swap
             when augmentation mirrors across the body; None when no class has a side.
+        mirror_axes: Axes (0, 1, 2 = z, y, x) that augmentation mirrors, each with probability 0.5; the plans give
+            the left-right axis only. The default is what runs trained before the plans had the field did.
     """
 
     input_size: tuple[int, int, int]
@@ -50,6 +52,11 @@ class SamplingOptions:
     rotation_aug: bool = False
     pseudo_masks: bool = True
     label_mirror: tuple[int, ...] | None = None
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        if len(set(self.mirror_axes)) != len(self.mirror_axes) or not set(self.mirror_axes) <= {0, 1, 2}:
+            raise ValueError(f"mirror axes must be distinct values among 0, 1, 2; got {list(self.mirror_axes)}")
 
 
 def _open(path: Path) -> np.ndarray:
@@ -255,7 +262,7 @@ def make_sample(
     if options.augment:
         size = tuple(int(v) for v in options.input_size)
         image, seg = augment(image, np.stack([label, pseudo]), rng, size, options.rotation_aug,
-                             options.label_mirror)
+                             options.label_mirror, options.mirror_axes)
         label, pseudo = np.rint(seg[0]), np.rint(seg[1])
     return {
         "image": np.ascontiguousarray(image, dtype=np.float32),
