@@ -305,12 +305,21 @@ def test_unet_loss_both_shapes_and_perfect_logits():
     assert unet_loss(perfect, label.unsqueeze(1), 3) < 1e-3
     noisy = torch.randn(2, 3, 3, 8, 8, 8, generator=torch.Generator().manual_seed(0))
     heads = torch.cat([perfect.unsqueeze(1), noisy[:, :2]], dim=1)
-    ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     expected = (4 * ref(heads[:, 0], label.unsqueeze(1)) + 2 * ref(heads[:, 1], label.unsqueeze(1))
                 + ref(heads[:, 2], label.unsqueeze(1))) / 7
     torch.testing.assert_close(unet_loss(heads, label, 3), expected)
     with pytest.raises(ValueError):
         unet_loss(perfect, label, 4)
+
+
+def test_unet_loss_scores_the_batch_as_one_image():
+    # batch Dice: two samples side by side along x are one image with the same overlaps and the same voxels, so the
+    # loss is the same; sample 0 lacks class 2 entirely (a per-sample Dice would score that term on its own)
+    label, _ = _unet_case()
+    logits = torch.randn(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    side_by_side = (torch.cat([logits[0], logits[1]], dim=-1)[None], torch.cat([label[0], label[1]], dim=-1)[None])
+    torch.testing.assert_close(unet_loss(logits, label, 3), unet_loss(*side_by_side, 3))
 
 
 def test_unet_loss_on_dynunet_deep_supervision():
