@@ -147,6 +147,8 @@ def test_plans_mirror_across_the_body_and_older_runs_keep_three_axes() -> None:
     assert old.mirror_axes == (0, 1, 2)
     with pytest.raises(ValueError, match="mirror axes"):
         SamplingOptions((8, 8, 8), 2, mirror_axes=(2, 3))
+    with pytest.raises(ValueError, match="mirror axes"):  # a hand-edited plans.json: load_plans names the file
+        TrainerPlan(batch_size=2, epochs=1, iters_per_epoch=1, mirror_axes=(2, 2))
 
 
 @pytest.mark.parametrize(("trained", "tta", "flips"), [

@@ -111,6 +111,15 @@ class TrainerPlan:
     # validation Dice 0.770, with this one 0.817 (BENCHMARKS.md, "Training"). [0, 1, 2] restores nnU-Net's.
     mirror_axes: tuple[int, ...] = (2,)
 
+    def __post_init__(self) -> None:
+        check_mirror_axes(self.mirror_axes)
+
+
+def check_mirror_axes(axes: tuple[int, ...]) -> None:
+    """Mirror axes are distinct values among 0, 1, 2 (z, y, x); ValueError otherwise."""
+    if len(set(axes)) != len(axes) or not set(axes) <= {0, 1, 2}:
+        raise ValueError(f"mirror axes must be distinct values among 0, 1, 2; got {list(axes)}")
+
 
 @dataclass(frozen=True)
 class InferencePlan:

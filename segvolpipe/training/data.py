@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from segvolpipe.errors import UserError
+from segvolpipe.planning.plans import check_mirror_axes
 from segvolpipe.training.augment import augment, source_size
 
 MAX_LOCATIONS = 10_000
@@ -55,8 +56,7 @@ class SamplingOptions:
     mirror_axes: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
-        if len(set(self.mirror_axes)) != len(self.mirror_axes) or not set(self.mirror_axes) <= {0, 1, 2}:
-            raise ValueError(f"mirror axes must be distinct values among 0, 1, 2; got {list(self.mirror_axes)}")
+        check_mirror_axes(self.mirror_axes)
 
 
 def _open(path: Path) -> np.ndarray:
