@@ -7,7 +7,7 @@ so changing an epoch count never needs a subclass.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from segvolpipe.config import from_stamped_json, to_jsonable
@@ -101,7 +101,16 @@ class TrainConfig:
         """Fields that differ from a stored run in ways that forbid ``--resume`` (epochs, the time budget,
         the device, workers and init sources may change)."""
         free = {"epochs", "time_budget_s", "device", "workers", "init", "pretrained", "bf16", "extras"}
-        return [f for f in to_jsonable(self) if f not in free and getattr(self, f) != getattr(other, f)]
+        changed = []
+        for f in to_jsonable(self):
+            mine, theirs = getattr(self, f), getattr(other, f)
+            if f in free or mine == theirs:
+                continue
+            if f in ("sampling", "prompts"):  # name the option inside (e.g. sampling.mirror_axes after an upgrade)
+                changed += [f"{f}.{g.name}" for g in fields(mine) if getattr(mine, g.name) != getattr(theirs, g.name)]
+            else:
+                changed.append(f)
+        return changed
 
     def trains_like(self, other: TrainConfig) -> bool:
         """Whether a finished run with ``other``'s settings is what this config would train (the device and the

@@ -156,6 +156,12 @@ def test_checkpoint_errors_are_one_line(roots, dataset):
     longer = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "3", *TINY[2:], "--resume"])
     assert longer.exit_code == 0, longer.output  # a finished run continued for one more epoch
     assert torch.load(fold / "checkpoint_final.pt", weights_only=True)["state"]["step"] == 6
+    stored = json.loads((fold / "config.json").read_text())
+    older = {**stored, "sampling": {**stored["sampling"], "mirror_axes": [0, 1, 2]}}  # a run from older plans
+    (fold / "config.json").write_text(json.dumps(older))
+    result = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "4", *TINY[2:], "--resume"])
+    assert result.exit_code == 2 and "(sampling.mirror_axes)" in result.output
+    (fold / "config.json").write_text(json.dumps(stored))
     (fold / "checkpoint_latest.pt").write_bytes(b"PK\x03\x04 truncated")
     result = runner.invoke(app, ["train", "-d", dataset, *TINY[:1], "4", *TINY[2:], "--resume"])
     assert result.exit_code == 2 and "corrupted or unreadable checkpoint" in result.output
