@@ -1,10 +1,12 @@
-"""Pseudo-masks: ours (3D graph, both rules, all steps) vs skimage's 2D Felzenszwalb slice by slice.
+"""Pseudo-masks: ours (3D graph, both rules, both denoisers, all steps) vs skimage's 2D Felzenszwalb per slice.
 
 For each volume size, one CT phantom case (normalised with the ``ct`` scheme from its own foreground
 statistics, as ``plan-preprocess`` does with the dataset's) is segmented by
 
-* ``segvolpipe fh``          — ``segment_case`` + ``clean_regions`` (all steps of the stage but file I/O),
-* ``segvolpipe percentile``  — the same with SegVol's shipped rule,
+* ``segvolpipe fh tv``       — the stage's defaults: ``segment_case`` + ``clean_regions`` (all steps but file
+  I/O: noise estimate, total-variation denoising, graph, sort, union-find, min-size merge, cleaning),
+* ``segvolpipe percentile tv`` — the same with SegVol's shipped rule,
+* ``segvolpipe fh gaussian`` / ``segvolpipe percentile gaussian`` — SegVol's Gaussian σ 0.8 instead of TV,
 * ``skimage 2D slices``      — ``skimage.segmentation.felzenszwalb`` on every axial slice (ids made unique),
   then the same ``clean_regions``,
 
@@ -73,7 +75,7 @@ def _worker(method: str, size: tuple[int, int, int], settings: dict, queue: mp.Q
         from segvolpipe.pseudomask.clean import clean_regions
 
         s = PseudomaskSettings(**settings)
-        raw = segment_case(volume, spacing, s)
+        raw, _ = segment_case(volume, spacing, s)
         scored = clean_regions(raw, body_mask(volume), max(1, round(s.min_fraction * volume.size)), s.morphology)
     seconds = time.perf_counter() - t0
     dice = best_match_dice(scored, label, ids)
@@ -106,8 +108,10 @@ def main() -> None:
 
     segment_graph(np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32))
     methods = {
-        "segvolpipe fh": ("ours", {"rule": "fh"}),
-        "segvolpipe percentile": ("ours", {"rule": "percentile"}),
+        "segvolpipe fh tv": ("ours", {"rule": "fh"}),
+        "segvolpipe percentile tv": ("ours", {"rule": "percentile"}),
+        "segvolpipe fh gaussian": ("ours", {"rule": "fh", "denoise": "gaussian"}),
+        "segvolpipe percentile gaussian": ("ours", {"rule": "percentile", "denoise": "gaussian"}),
         "skimage 2D slices": ("skimage", {"scale": 2.0, "min_size": 50}),
     }
     rows = []
@@ -118,7 +122,7 @@ def main() -> None:
             rows.append({"size": text, "method": name, "seconds": statistics.median(r["seconds"] for r in runs),
                          "peak_mib": max(r["peak_mib"] for r in runs), "dice": runs[0]["dice"], "dice_raw": runs[0]["dice_raw"],
                          "regions": runs[0]["regions"]})
-            print(f"{text:>12} {name:<22} {rows[-1]['seconds']:7.2f} s {rows[-1]['peak_mib']:7.0f} MiB {rows[-1]['dice']}", file=sys.stderr)
+            print(f"{text:>12} {name:<31} {rows[-1]['seconds']:7.2f} s {rows[-1]['peak_mib']:7.0f} MiB {rows[-1]['dice']}", file=sys.stderr)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(rows, fh, indent=1)

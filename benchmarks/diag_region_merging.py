@@ -4,9 +4,11 @@ percentile rules (not part of the product).
 The same sorted-edge union–find as ``segvolpipe.pseudomask.graph`` (edges ordered by the smoothed-image difference),
 but two regions merge when their mean intensities differ by less than λ·σ̂·√(1/n₁ + 1/n₂) (a two-sample test in the
 spirit of Nock & Nielsen's statistical region merging), σ̂ the noise estimated from neighbour differences inside the
-body; then the usual min-size merge and SegVol's cleaning. Prints, per settings object, the mean best-match Dice of
+body (``segvolpipe.pseudomask.denoise.noise_sigma``, in-plane axes; the BENCHMARKS figures were taken with x alone);
+then the usual min-size merge and SegVol's cleaning. Prints, per settings object, the mean best-match Dice of
 liver, spleen and kidneys (label values 1–4) after and before cleaning over the dataset's cases; ``{"rule": "fh"}`` /
-``{"rule": "percentile"}`` run the product's rules through the same harness.
+``{"rule": "percentile"}`` run the product's rules through the same harness, on the Gaussian-blurred normalised
+image with k in its units (the graph as it was before the total-variation step; not the stage's defaults).
 
 `.venv/bin/python benchmarks/diag_region_merging.py Dataset900_PhantomCT '[{"lam": 2}, {"lam": 5, "means_on": "smooth"}, {"rule": "fh"}]'`
 """
@@ -21,6 +23,7 @@ from segvolpipe.paths import preprocessed_root
 from segvolpipe.pseudomask import graph as G
 from segvolpipe.pseudomask.case import PseudomaskSettings
 from segvolpipe.pseudomask.clean import clean_regions
+from segvolpipe.pseudomask.denoise import noise_sigma
 from segvolpipe.pseudomask.metrics import best_match_dice, body_mask
 
 CLASSES = (1, 2, 3, 4)
@@ -46,14 +49,6 @@ def _merge_sweep(ids, n_edges, n_vox, shifts, values, bound2, parent, size):
     return n_left
 
 
-def noise_sigma(volume: np.ndarray) -> float:
-    """Noise std from the median absolute difference of x-neighbours that both lie in the body."""
-    body = volume > volume.mean()
-    both = body[..., 1:] & body[..., :-1]
-    d = np.abs(np.diff(volume, axis=-1))[both]
-    return float(np.median(d) / (0.6745 * np.sqrt(2)))
-
-
 def segment_merging(volume, spacing, lam, sigma, min_size, means_on="raw"):
     offsets = G.FACE_OFFSETS
     vol = np.ascontiguousarray(volume, np.float32)
@@ -64,7 +59,7 @@ def segment_merging(volume, spacing, lam, sigma, min_size, means_on="raw"):
     shifts = np.asarray([dz * vol.shape[1] * vol.shape[2] + dy * vol.shape[2] + dx for dz, dy, dx in offsets])
     parent, size = np.arange(vol.size, dtype=np.int32), np.ones(vol.size, np.int32)
     source = vol if means_on == "raw" else smooth
-    bound2 = float((lam * noise_sigma(source)) ** 2)
+    bound2 = float((lam * noise_sigma(source, spacing)) ** 2)
     n_left = _merge_sweep(ids, n_finite, vol.size, shifts, source.ravel(), bound2, parent, size)
     G._min_size_sweep(ids[:n_left], n_left, vol.size, shifts, int(min_size), parent, size)
     return G._relabel(parent).reshape(vol.shape)

@@ -17,6 +17,7 @@ from segvolpipe.cli_errors import fail as _fail
 from segvolpipe.cli_options import (
     Checkpoint,
     Coords,
+    Denoise,
     Device,
     Modality,
     Mode,
@@ -116,9 +117,11 @@ def plan_preprocess(
 def pseudomask(
     dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset (default: every preprocessed dataset lacking pseudo-masks).")] = None,
     configuration: Annotated[str | None, typer.Option("-c", "--configuration", help="Configuration (default: the plans' default).")] = None,
-    rule: Annotated[Rule, typer.Option("--rule", help="fh: Felzenszwalb–Huttenlocher's adaptive criterion; percentile: SegVol's shipped rule.")] = Rule.fh,
-    scale: Annotated[float, typer.Option("--scale", help="FH scale constant k (larger → larger regions).")] = 1.0,
-    sigma: Annotated[float, typer.Option("--sigma", help="Gaussian smoothing σ in voxels of the finest axis (scaled by spacing per axis).")] = 0.8,
+    rule: Annotated[Rule, typer.Option("--rule", help="percentile: SegVol's shipped rule (merge edges below a percentile of the weights); fh: Felzenszwalb–Huttenlocher's adaptive criterion.")] = Rule.percentile,
+    scale: Annotated[float, typer.Option("--scale", help="--rule fh: scale constant k, in units of the image's estimated noise (larger → larger regions).")] = 1.5,
+    denoise: Annotated[Denoise, typer.Option("--denoise", help="tv: total-variation denoising (edge-preserving); gaussian: SegVol's blur of --sigma.")] = Denoise.tv,
+    tv_weight: Annotated[float, typer.Option("--tv-weight", help="TV denoising weight, in units of the image's estimated noise.")] = 2.0,
+    sigma: Annotated[float, typer.Option("--sigma", help="With --denoise gaussian: σ in voxels of the finest axis (scaled by spacing per axis).")] = 0.8,
     min_size: Annotated[int | None, typer.Option("--min-size", help="Graph components smaller than this (voxels) merge into their cheapest neighbour (default: SegVol's 1000 per 256×256×32 voxels, scaled to the volume).")] = None,
     min_fraction: Annotated[float, typer.Option("--min-fraction", help="Regions and pieces below this fraction of the voxels are dropped (SegVol's code: 0.001 = 0.1 %).")] = 0.001,
     percentile: Annotated[float, typer.Option("--percentile", help="Rule percentile: merge edges below this percentile of non-zero weights.")] = 25.0,
@@ -138,7 +141,7 @@ def pseudomask(
     from segvolpipe.reporting import print_pseudomask
 
     settings = PseudomaskSettings(
-        rule=rule.value, k=scale, sigma=sigma, min_size=min_size, min_fraction=min_fraction, percentile=percentile,
+        rule=rule.value, k=scale, sigma=sigma, denoise=denoise.value, tv_weight=tv_weight, min_size=min_size, min_fraction=min_fraction, percentile=percentile,
         diagonals=diagonals, morphology=morphology, working_grid=parse_size(working_grid) if working_grid else None,
     )
     results = run_pseudomask(dataset, PseudomaskOptions(configuration, settings, np_ or default_workers(), overwrite, qc, progress))

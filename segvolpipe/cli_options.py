@@ -30,6 +30,11 @@ class Rule(str, Enum):
     percentile = "percentile"
 
 
+class Denoise(str, Enum):
+    tv = "tv"
+    gaussian = "gaussian"
+
+
 class Variant(str, Enum):
     segvol = "segvol"
     so3 = "so3"

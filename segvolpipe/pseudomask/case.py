@@ -32,11 +32,20 @@ class PseudomaskSettings:
     ``min_size`` None (the default) scales SegVol's 1000 voxels on its 256×256×32 working grid to the volume
     segmented (:meth:`min_size_for`): 500 for a 64×128×128 volume, 232 for a 76×80×80 one. A fixed count
     meant for one grid swallows whole organs on a coarser one.
+
+    ``denoise`` ``"tv"`` (the default) builds the graph on the volume in units of its noise σ̂, flattened by
+    total-variation denoising of weight ``tv_weight`` (σ̂ units); ``"gaussian"`` blurs it with ``sigma``
+    instead (SegVol's code). ``k`` is in σ̂ units either way (:mod:`segvolpipe.pseudomask.denoise`).
+    ``rule`` ``"percentile"`` (SegVol's shipped rule, the default: on TV-denoised volumes it matched or beat ``"fh"``
+    on four of five phantom and MRI datasets, BENCHMARKS.md) or ``"fh"`` (Felzenszwalb–Huttenlocher's criterion).
+    SegVol's exact recipe: ``denoise="gaussian", diagonals=True, working_grid=(32, 256, 256)``.
     """
 
-    rule: str = "fh"
-    k: float = 1.0
+    rule: str = "percentile"
+    k: float = 1.5
     sigma: float = 0.8
+    denoise: str = "tv"
+    tv_weight: float = 2.0
     min_size: int | None = None
     min_fraction: float = 0.001
     percentile: float = 25.0
@@ -45,9 +54,11 @@ class PseudomaskSettings:
     working_grid: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        from segvolpipe.pseudomask.denoise import check_settings
         from segvolpipe.pseudomask.graph import check_rule
 
         check_rule(self.rule)
+        check_settings(self.denoise, self.tv_weight)
         if self.k <= 0 or self.sigma < 0 or (self.min_size is not None and self.min_size < 1) or not 0 <= self.min_fraction < 1:
             raise UserError("pseudomask settings: need k > 0, sigma ≥ 0, min-size ≥ 1 and 0 ≤ min-fraction < 1")
         if self.working_grid is not None and min(self.working_grid) < 2:
@@ -98,20 +109,30 @@ def _load(job: PseudomaskJob) -> tuple[np.ndarray, np.ndarray | None, dict[str, 
     return data, seg, read_json(props_path)
 
 
-def segment_case(image: np.ndarray, spacing: tuple[float, float, float], s: PseudomaskSettings) -> np.ndarray:
-    """Raw graph regions of one volume [Z, Y, X], optionally on a working grid mapped back by nearest."""
+def segment_case(
+    image: np.ndarray, spacing: tuple[float, float, float], s: PseudomaskSettings
+) -> tuple[np.ndarray, float]:
+    """Raw graph regions of one volume [Z, Y, X], optionally on a working grid mapped back by nearest.
+
+    Returns:
+        ``(int32 region ids [Z, Y, X], the noise σ̂ estimated on the grid segmented)``.
+    """
     from segvolpipe.preprocessing.resampling import resample_volume
+    from segvolpipe.pseudomask.denoise import prepare
     from segvolpipe.pseudomask.graph import segment_graph
 
     shape = image.shape
+    sigma = s.sigma if s.denoise == "gaussian" else 0.0
     if s.working_grid is not None and tuple(s.working_grid) != shape:
         grid = tuple(int(v) for v in s.working_grid)
         work = resample_volume(image, grid, "linear")
         work_spacing = tuple(sp * n / g for sp, n, g in zip(spacing, shape, grid, strict=True))
-        regions = segment_graph(work, work_spacing, s.rule, s.k, s.sigma, s.min_size_for(work.size), s.percentile,
+        work, noise = prepare(work, work_spacing, s.denoise, s.tv_weight)  # type: ignore[arg-type]
+        regions = segment_graph(work, work_spacing, s.rule, s.k, sigma, s.min_size_for(work.size), s.percentile,
                                 s.diagonals)
-        return resample_volume(regions, shape, "nearest").astype(np.int32, copy=False)
-    return segment_graph(image, spacing, s.rule, s.k, s.sigma, s.min_size_for(image.size), s.percentile, s.diagonals)
+        return resample_volume(regions, shape, "nearest").astype(np.int32, copy=False), noise
+    work, noise = prepare(image, spacing, s.denoise, s.tv_weight)
+    return segment_graph(work, spacing, s.rule, s.k, sigma, s.min_size_for(image.size), s.percentile, s.diagonals), noise
 
 
 def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:
@@ -129,7 +150,7 @@ def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:
     data, seg, props = _load(job)
     image = np.asarray(data[0], dtype=np.float32)
     spacing = tuple(float(v) for v in props["target_spacing"])
-    raw = segment_case(image, spacing, job.settings)  # type: ignore[arg-type]
+    raw, noise = segment_case(image, spacing, job.settings)  # type: ignore[arg-type]
     body = body_mask(image)
     min_voxels = max(1, int(round(job.settings.min_fraction * image.size)))
     cleaned = clean_regions(raw, body, min_voxels, job.settings.morphology)
@@ -148,6 +169,7 @@ def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:
         "regions_raw": int(raw.max(initial=0)),
         "regions_kept": kept,
         "min_voxels": min_voxels,
+        "noise_sigma": noise,
         "coverage": coverage(cleaned, body),
         "ignored_fraction": float((cleaned == -1).mean()),
         "best_match_dice": {str(c): d for c, d in dice.items()},

@@ -34,21 +34,23 @@ FACE_OFFSETS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1
 DIAGONAL_OFFSETS: tuple[tuple[int, int, int], ...] = ((0, 1, 1), (0, 1, -1))
 
 
-def check_rule(name: str) -> str:
-    """Return ``name`` (lower-cased) when it is a known merge rule, else raise with a "did you mean" hint.
-
-    Args:
-        name: ``"fh"`` or ``"percentile"``.
+def check_choice(name: str, choices: tuple[str, ...], what: str) -> str:
+    """Return ``name`` (lower-cased) when it is one of ``choices``, else raise with a "did you mean" hint.
 
     Raises:
-        UserError: For an unknown rule.
+        UserError: For a name not in ``choices``.
     """
     key = str(name).strip().lower()
-    if key in RULES:
+    if key in choices:
         return key
-    close = difflib.get_close_matches(key, list(RULES), n=1, cutoff=0.4)
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.4)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown pseudo-mask rule {name!r} (choose from {', '.join(RULES)}){hint}")
+    raise UserError(f"unknown {what} {name!r} (choose from {', '.join(choices)}){hint}")
+
+
+def check_rule(name: str) -> str:
+    """Return ``name`` (lower-cased) when it is a known merge rule (``"fh"``, ``"percentile"``), else raise."""
+    return check_choice(name, RULES, "pseudo-mask rule")
 
 
 def segment_graph(

@@ -55,7 +55,8 @@ def test_contract_gt_merge_idempotence(roots: dict[str, Path]) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["ground_truth_ids"]["liver"] == 1 and report["pseudo_ids_start_at"] == 8
     assert set(report["best_match_dice_mean"]) >= {"liver", "spleen"}
-    assert report["schema_version"] == 1 and report["settings"]["rule"] == "fh"
+    assert report["schema_version"] == 1 and report["settings"]["rule"] == "percentile"
+    assert report["settings"]["denoise"] == "tv" and all(c["noise_sigma"] > 0 for c in report["cases"])
     for cid in cases:
         pm = load_npy(out / f"{cid}.npy")
         seg = load_npy(folder / "3d_lite" / f"{cid}_seg.npy")
@@ -74,7 +75,7 @@ def test_contract_gt_merge_idempotence(roots: dict[str, Path]) -> None:
     assert (out / f"{cases[0]}.npy").stat().st_mtime_ns == before
     # a different setting redoes the work, deterministically
     redo = runner.invoke(
-        app, ["pseudomask", "-d", "900", "--rule", "percentile", "--no-qc", "--np", "1", "--no-progress"]
+        app, ["pseudomask", "-d", "900", "--rule", "fh", "--no-qc", "--np", "1", "--no-progress"]
     )
     assert redo.exit_code == 0 and "3 made" in redo.output
     first = load_npy(out / f"{cases[1]}.npy")
@@ -85,7 +86,7 @@ def test_contract_gt_merge_idempotence(roots: dict[str, Path]) -> None:
             "-d",
             "900",
             "--rule",
-            "percentile",
+            "fh",
             "--no-qc",
             "--np",
             "2",
@@ -116,6 +117,10 @@ def test_bad_options() -> None:
     assert result.exit_code == 2 and "'fz' is not one of" in result.output
     result = runner.invoke(app, ["pseudomask", "--scale", "-1"])
     assert result.exit_code == 2 and "k > 0" in result.output
+    result = runner.invoke(app, ["pseudomask", "--denoise", "gauss"])
+    assert result.exit_code == 2 and "'gauss' is not one of" in result.output
+    result = runner.invoke(app, ["pseudomask", "--tv-weight", "0"])
+    assert result.exit_code == 2 and "--tv-weight must be > 0" in result.output
 
 
 def test_working_grid_maps_back_to_the_case_grid(roots: dict[str, Path]) -> None:
