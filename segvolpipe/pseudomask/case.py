@@ -122,17 +122,17 @@ def segment_case(
     from segvolpipe.pseudomask.graph import segment_graph
 
     shape = image.shape
-    sigma = s.sigma if s.denoise == "gaussian" else 0.0
-    if s.working_grid is not None and tuple(s.working_grid) != shape:
-        grid = tuple(int(v) for v in s.working_grid)
+    grid = tuple(int(v) for v in s.working_grid) if s.working_grid is not None else shape
+    work, work_spacing = image, spacing
+    if grid != shape:
         work = resample_volume(image, grid, "linear")
-        work_spacing = tuple(sp * n / g for sp, n, g in zip(spacing, shape, grid, strict=True))
-        work, noise = prepare(work, work_spacing, s.denoise, s.tv_weight)  # type: ignore[arg-type]
-        regions = segment_graph(work, work_spacing, s.rule, s.k, sigma, s.min_size_for(work.size), s.percentile,
-                                s.diagonals)
-        return resample_volume(regions, shape, "nearest").astype(np.int32, copy=False), noise
-    work, noise = prepare(image, spacing, s.denoise, s.tv_weight)
-    return segment_graph(work, spacing, s.rule, s.k, sigma, s.min_size_for(image.size), s.percentile, s.diagonals), noise
+        work_spacing = tuple(sp * n / g for sp, n, g in zip(spacing, shape, grid, strict=True))  # type: ignore[assignment]
+    work, noise = prepare(work, work_spacing, s.denoise, s.tv_weight)
+    sigma = s.sigma if s.denoise == "gaussian" else 0.0
+    regions = segment_graph(work, work_spacing, s.rule, s.k, sigma, s.min_size_for(work.size), s.percentile, s.diagonals)
+    if grid != shape:
+        regions = resample_volume(regions, shape, "nearest").astype(np.int32, copy=False)
+    return regions, noise
 
 
 def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:

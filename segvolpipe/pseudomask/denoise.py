@@ -50,17 +50,18 @@ def noise_sigma(volume: np.ndarray, spacing: tuple[float, float, float]) -> floa
     Returns:
         σ̂ > 0, in the volume's intensity units.
     """
+    from segvolpipe.pseudomask.metrics import body_mask
+
     vol = np.asarray(volume, dtype=np.float32)
     finest = min(spacing)
     axes = [a for a in range(3) if spacing[a] <= 1.5 * finest and vol.shape[a] > 1] or [int(np.argmax(vol.shape))]
-    body = vol > vol.mean()
+    body = body_mask(vol)
     diffs = []
     for a in axes:
         lo = tuple(slice(0, -1) if i == a else slice(None) for i in range(3))
         hi = tuple(slice(1, None) if i == a else slice(None) for i in range(3))
-        both = body[lo] & body[hi]
-        diffs.append(np.abs(vol[hi] - vol[lo])[both])
-    d = np.concatenate(diffs) if diffs else np.zeros(0, np.float32)
+        diffs.append(np.abs(vol[hi] - vol[lo])[body[lo] & body[hi]])
+    d = np.concatenate(diffs)
     if d.size == 0:
         return 1.0
     sigma = float(np.median(d)) / _MAD_TO_STD
