@@ -3,9 +3,9 @@
 For each volume size, one CT phantom case (normalised with the ``ct`` scheme from its own foreground
 statistics, as ``plan-preprocess`` does with the dataset's) is segmented by
 
-* ``segvolpipe fh tv``       — the stage's defaults: ``segment_case`` + ``clean_regions`` (all steps but file
+* ``segvolpipe percentile tv`` — the stage's defaults: ``segment_case`` + ``clean_regions`` (all steps but file
   I/O: noise estimate, total-variation denoising, graph, sort, union-find, min-size merge, cleaning),
-* ``segvolpipe percentile tv`` — the same with SegVol's shipped rule,
+* ``segvolpipe fh tv``       — the same with Felzenszwalb–Huttenlocher's adaptive rule,
 * ``segvolpipe fh gaussian`` / ``segvolpipe percentile gaussian`` — SegVol's Gaussian σ 0.8 instead of TV,
 * ``skimage 2D slices``      — ``skimage.segmentation.felzenszwalb`` on every axial slice (ids made unique),
   then the same ``clean_regions``,
@@ -67,16 +67,19 @@ def _worker(method: str, size: tuple[int, int, int], settings: dict, queue: mp.Q
             regions[z] = seg2d + offset + 1
             offset += int(seg2d.max()) + 1
         raw = regions
+        from segvolpipe.pseudomask.case import PseudomaskSettings
         from segvolpipe.pseudomask.clean import clean_regions
 
-        scored = clean_regions(raw, body_mask(volume), max(1, round(0.001 * volume.size)), True)
+        body = body_mask(volume)
+        scored = clean_regions(raw, body, PseudomaskSettings().min_voxels_for(body), True)
     else:
         from segvolpipe.pseudomask.case import PseudomaskSettings, segment_case
         from segvolpipe.pseudomask.clean import clean_regions
 
         s = PseudomaskSettings(**settings)
         raw, _ = segment_case(volume, spacing, s)
-        scored = clean_regions(raw, body_mask(volume), max(1, round(s.min_fraction * volume.size)), s.morphology)
+        body = body_mask(volume)
+        scored = clean_regions(raw, body, s.min_voxels_for(body), s.morphology)
     seconds = time.perf_counter() - t0
     dice = best_match_dice(scored, label, ids)
     dice_raw = best_match_dice(raw, label, ids)
@@ -108,8 +111,8 @@ def main() -> None:
 
     segment_graph(np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32))
     methods = {
-        "segvolpipe fh tv": ("ours", {"rule": "fh"}),
         "segvolpipe percentile tv": ("ours", {"rule": "percentile"}),
+        "segvolpipe fh tv": ("ours", {"rule": "fh"}),
         "segvolpipe fh gaussian": ("ours", {"rule": "fh", "denoise": "gaussian"}),
         "segvolpipe percentile gaussian": ("ours", {"rule": "percentile", "denoise": "gaussian"}),
         "skimage 2D slices": ("skimage", {"scale": 2.0, "min_size": 50}),

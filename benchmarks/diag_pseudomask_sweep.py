@@ -33,7 +33,8 @@ def run(job: tuple[str, str, dict]) -> tuple[list[float], list[float]]:
         settings["working_grid"] = tuple(int(round(n * factor)) for n in image.shape)
     s = PseudomaskSettings(**settings)
     raw = (seg.astype(np.int32) + 1) if oracle else segment_case(image, spacing, s)[0]
-    cleaned = clean_regions(raw, body_mask(image), max(1, int(round(s.min_fraction * image.size))), s.morphology)
+    body = body_mask(image)
+    cleaned = clean_regions(raw, body, s.min_voxels_for(body), s.morphology)
     if oracle:  # region c + 1 is class c; the background's region becomes "no region"
         cleaned, raw = np.where(cleaned > 0, cleaned - 1, cleaned), raw - 1
     after, before = best_match_dice(cleaned, seg, CLASSES), best_match_dice(raw, seg, CLASSES)

@@ -82,7 +82,8 @@ def main() -> None:
             else:
                 raw = segment_merging(image, spacing, params.get("lam", 3.0), s.sigma, min_size,
                                       params.get("means_on", "raw"))
-            cleaned = clean_regions(raw, body_mask(image), max(1, int(round(s.min_fraction * image.size))), True)
+            body = body_mask(image)
+            cleaned = clean_regions(raw, body, s.min_voxels_for(body), True)
             a, b = best_match_dice(cleaned, seg, CLASSES), best_match_dice(raw, seg, CLASSES)
             after.append([a.get(c, np.nan) for c in CLASSES])
             before.append([b.get(c, np.nan) for c in CLASSES])

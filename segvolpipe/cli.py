@@ -123,7 +123,7 @@ def pseudomask(
     tv_weight: Annotated[float, typer.Option("--tv-weight", help="TV denoising weight, in units of the image's estimated noise.")] = 2.0,
     sigma: Annotated[float, typer.Option("--sigma", help="With --denoise gaussian: σ in voxels of the finest axis (scaled by spacing per axis).")] = 0.8,
     min_size: Annotated[int | None, typer.Option("--min-size", help="Graph components smaller than this (voxels) merge into their cheapest neighbour (default: SegVol's 1000 per 256×256×32 voxels, scaled to the volume).")] = None,
-    min_fraction: Annotated[float, typer.Option("--min-fraction", help="Regions and pieces below this fraction of the voxels are dropped (SegVol's code: 0.001 = 0.1 %).")] = 0.001,
+    min_fraction: Annotated[float, typer.Option("--min-fraction", help="Regions and pieces below this fraction of the body's bounding box are dropped (SegVol's code: 0.001 = 0.1 % of its foreground-cropped sample).")] = 0.001,
     percentile: Annotated[float, typer.Option("--percentile", help="Rule percentile: merge edges below this percentile of non-zero weights.")] = 25.0,
     diagonals: Annotated[bool, typer.Option("--diagonals/--no-diagonals", help="Also SegVol's in-plane diagonal edges.")] = False,
     morphology: Annotated[bool, typer.Option("--morphology/--no-morphology", help="Per-region opening and closing.")] = True,

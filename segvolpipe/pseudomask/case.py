@@ -26,7 +26,8 @@ MIN_SIZE_FLOOR = 8
 class PseudomaskSettings:
     """Everything that determines a pseudo-mask (recorded in every output's hash).
 
-    ``min_fraction`` is SegVol's code's threshold: 0.001 *of the voxels* (0.1 %). One seed report says
+    ``min_fraction`` is SegVol's code's threshold: 0.001 *of the voxels* (0.1 %) of the body's bounding box
+    (:meth:`min_voxels_for`), since SegVol cleans samples cropped to their foreground. One seed report says
     "0.001 %"; pass ``min_fraction=0.00001`` for that reading.
 
     ``min_size`` None (the default) scales SegVol's 1000 voxels on its 256×256×32 working grid to the volume
@@ -69,6 +70,17 @@ class PseudomaskSettings:
         if self.min_size is not None:
             return self.min_size
         return max(MIN_SIZE_FLOOR, int(round(SEGVOL_MIN_SIZE * n_voxels / SEGVOL_GRID_VOXELS)))
+
+    def min_voxels_for(self, body: np.ndarray) -> int:
+        """Regions and pieces smaller than this are dropped: ``min_fraction`` of the body's bounding box.
+
+        SegVol's code cleans each training sample after cropping it to the foreground (its
+        ``CropForegroundd``), so its 0.1 % counts the voxels of the body's box, not the air around it;
+        a case with no body falls back to the whole volume.
+        """
+        from segvolpipe.pseudomask.metrics import box_voxels
+
+        return max(1, int(round(self.min_fraction * (box_voxels(body) or body.size))))
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -152,7 +164,7 @@ def pseudomask_case(job: PseudomaskJob) -> dict[str, Any]:
     spacing = tuple(float(v) for v in props["target_spacing"])
     raw, noise = segment_case(image, spacing, job.settings)  # type: ignore[arg-type]
     body = body_mask(image)
-    min_voxels = max(1, int(round(job.settings.min_fraction * image.size)))
+    min_voxels = job.settings.min_voxels_for(body)
     cleaned = clean_regions(raw, body, min_voxels, job.settings.morphology)
     dice = best_match_dice(cleaned, seg, job.class_ids) if seg is not None else {}
     dice_raw = best_match_dice(raw, seg, job.class_ids) if seg is not None else {}

@@ -40,6 +40,17 @@ def body_mask(image: np.ndarray) -> np.ndarray:
     return image > image.mean()
 
 
+def box_voxels(mask: np.ndarray) -> int:
+    """Number of voxels in the bounding box of ``mask`` (0 when it is empty)."""
+    extent = 1
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hits.size == 0:
+            return 0
+        extent *= int(hits[-1] - hits[0] + 1)
+    return extent
+
+
 def coverage(regions: np.ndarray, body: np.ndarray) -> float:
     """Fraction of body voxels that lie in some region (id ≥ 1)."""
     n = int(body.sum())

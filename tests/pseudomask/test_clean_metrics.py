@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from segvolpipe.pseudomask.case import PseudomaskSettings
 from segvolpipe.pseudomask.clean import clean_regions, merge_ground_truth
-from segvolpipe.pseudomask.metrics import best_match_dice, coverage
+from segvolpipe.pseudomask.metrics import best_match_dice, box_voxels, coverage
 
 
 def _regions() -> np.ndarray:
@@ -57,3 +58,23 @@ def test_best_match_dice_known_answer() -> None:
     assert dice[1] == 2 * 6 / (7 + 6)
     assert 2 not in dice  # class absent
     assert coverage(regions, np.ones_like(seg, bool)) == 0.9
+
+
+def test_box_voxels_counts_the_bounding_box_of_a_mask() -> None:
+    mask = np.zeros((5, 6, 7), bool)
+    mask[1, 2, 3] = mask[3, 4, 5] = True
+    assert box_voxels(mask) == 3 * 3 * 3
+    assert box_voxels(np.zeros((4, 4, 4), bool)) == 0
+
+
+def test_min_fraction_counts_the_body_box_not_the_air_around_it() -> None:
+    # SegVol's code cleans a sample cropped to its foreground: the same body in a larger field of view keeps
+    # the same threshold, and a volume with no body falls back to all of its voxels.
+    settings = PseudomaskSettings(min_fraction=0.01)
+    body = np.zeros((20, 40, 40), bool)
+    body[5:15, 10:30, 10:30] = True
+    wider = np.zeros((20, 80, 80), bool)
+    wider[5:15, 30:50, 30:50] = True
+    assert settings.min_voxels_for(body) == settings.min_voxels_for(wider) == 40
+    assert settings.min_voxels_for(np.zeros((20, 40, 40), bool)) == 320
+    assert PseudomaskSettings(min_fraction=0.0).min_voxels_for(body) == 1
