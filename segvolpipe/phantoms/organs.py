@@ -78,7 +78,7 @@ def _vessels(
 def _kidneys(
     frame: Frame, body: Body, tissue: np.ndarray, label: np.ndarray, size: dict[str, float], rng: np.random.Generator
 ) -> None:
-    """Bean-shaped kidneys with cortex and lobulated medulla; the right one lower, hila anteromedial."""
+    """Bean-shaped kidneys with cortex and lobulated medulla in a shell of fat; the right one lower, hila anteromedial."""
     top = rng.uniform(-0.2, 0.02)
     for organ, side, drop in (("left_kidney", -1.0, 0.0), ("right_kidney", 1.0, 0.12)):
         s = size[organ]
@@ -94,9 +94,20 @@ def _kidneys(
         du = frame.u[box] - F32(center[0])
         dv = frame.v[box] - F32(center[1])
         phi = np.arctan2(dv, du)
-        lobes = F32(0.42) * (F32(1) + F32(0.3) * np.cos(F32(6) * phi + F32(rng.uniform(0, 2 * np.pi))))
+        # Medulla inside ~55 % of the radius: the cortex stays a few voxels thick under the partial-volume blur.
+        lobes = F32(0.3) * (F32(1) + F32(0.3) * np.cos(F32(6) * phi + F32(rng.uniform(0, 2 * np.pi))))
         values = np.where(f < lobes, Tissue.KIDNEY_MEDULLA, Tissue.KIDNEY_CORTEX).astype(np.uint8)
         paint(tissue, label, box, kidney, values, ORGAN_ID[organ], FREE)
+        # Perirenal fat (inside Gerota's fascia) around the kidney and sinus fat filling the hilum: fat is not free,
+        # so the liver, spleen and pancreas painted later never touch the renal parenchyma directly.
+        # At least ~2 voxels thick on any grid, so that no face of the parenchyma touches another organ.
+        margin = rng.uniform(0.03, 0.07)
+        nz = frame.shape[0]
+        along_uv, along_w = max(margin, 2.0 / frame.scale), max(margin, 3.0 / max(nz - 1, 1))
+        outer = (radii[0] + along_uv, radii[1] + along_uv, radii[2] + along_w)
+        box = ellipsoid_box(frame, center, outer)
+        shell = ellipsoid(frame, box, center, outer, angle) <= 1
+        paint(tissue, label, box, shell, Tissue.FAT, 0, FREE)
 
 
 def _pancreas(
