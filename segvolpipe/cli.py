@@ -120,7 +120,7 @@ def pseudomask(
     rule: Annotated[Rule, typer.Option("--rule", help="percentile: SegVol's shipped rule (merge edges below a percentile of the weights); fh: Felzenszwalb–Huttenlocher's adaptive criterion.")] = Rule.percentile,
     scale: Annotated[float, typer.Option("--scale", help="--rule fh: scale constant k, in units of the image's estimated noise (larger → larger regions).")] = 1.5,
     denoise: Annotated[Denoise, typer.Option("--denoise", help="tv: total-variation denoising (edge-preserving); gaussian: SegVol's blur of --sigma.")] = Denoise.tv,
-    tv_weight: Annotated[float, typer.Option("--tv-weight", help="TV denoising weight, in units of the image's estimated noise.")] = 2.0,
+    tv_weight: Annotated[float, typer.Option("--tv-weight", help="TV denoising weight, in units of the image's estimated noise.")] = 1.0,
     sigma: Annotated[float, typer.Option("--sigma", help="With --denoise gaussian: σ in voxels of the finest axis (scaled by spacing per axis).")] = 0.8,
     min_size: Annotated[int | None, typer.Option("--min-size", help="Graph components smaller than this (voxels) merge into their cheapest neighbour (default: SegVol's 1000 per 256×256×32 voxels, scaled to the volume).")] = None,
     min_fraction: Annotated[float, typer.Option("--min-fraction", help="Regions and pieces below this fraction of the body's bounding box are dropped (SegVol's code: 0.001 = 0.1 % of its foreground-cropped sample).")] = 0.001,

@@ -46,7 +46,7 @@ class PseudomaskSettings:
     k: float = 1.5
     sigma: float = 0.8
     denoise: str = "tv"
-    tv_weight: float = 2.0
+    tv_weight: float = 1.0
     min_size: int | None = None
     min_fraction: float = 0.001
     percentile: float = 25.0

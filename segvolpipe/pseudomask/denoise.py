@@ -71,7 +71,7 @@ def noise_sigma(volume: np.ndarray, spacing: tuple[float, float, float]) -> floa
 
 
 def prepare(
-    volume: np.ndarray, spacing: tuple[float, float, float], denoise: str = "tv", tv_weight: float = 2.0
+    volume: np.ndarray, spacing: tuple[float, float, float], denoise: str = "tv", tv_weight: float = 1.0
 ) -> tuple[np.ndarray, float]:
     """The graph's input: ``volume`` divided by its noise σ̂, TV-denoised for ``denoise="tv"``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from segvolpipe.cli import app
 from segvolpipe.io.atomic import load_npy
+from segvolpipe.pseudomask.case import PseudomaskSettings
 
 runner = CliRunner()
 
@@ -57,6 +59,9 @@ def test_contract_gt_merge_idempotence(roots: dict[str, Path]) -> None:
     assert set(report["best_match_dice_mean"]) >= {"liver", "spleen"}
     assert report["schema_version"] == 1 and report["settings"]["rule"] == "percentile"
     assert report["settings"]["denoise"] == "tv" and all(c["noise_sigma"] > 0 for c in report["cases"])
+    # The command's defaults are the settings' defaults (the CLI restates them as literals for an instant --help).
+    defaults = asdict(PseudomaskSettings())
+    assert {k: report["settings"][k] for k in defaults if k != "working_grid"} == {k: v for k, v in defaults.items() if k != "working_grid"}
     for cid in cases:
         pm = load_npy(out / f"{cid}.npy")
         seg = load_npy(folder / "3d_lite" / f"{cid}_seg.npy")
