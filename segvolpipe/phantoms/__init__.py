@@ -3,8 +3,8 @@
 Each case is a miniature but complete abdomen on the canonical (z, y, x) = (Superior, Anterior, Right)
 grid: body outline with subcutaneous fat and muscle wall, spine and ribs, liver, spleen, kidneys
 (cortex and medulla, in perirenal and sinus fat), aorta, stomach (with a gas pocket), pancreas, plus
-unlabelled distractors (IVC, iliac arteries, gallbladder, bowel, colon, lung bases). See :mod:`.anatomy` for the body model,
-:mod:`.contrast` for CT/MRI intensities and :mod:`.case` for the file geometry.
+unlabelled distractors (IVC, iliac arteries, gallbladder, bowel, colon, lung bases). See :mod:`.anatomy`
+for the body model, :mod:`.contrast` for CT/MRI intensities and :mod:`.case` for the file geometry.
 
 Example:
     >>> from segvolpipe.phantoms import PhantomOptions, make_phantom_dataset

@@ -100,7 +100,7 @@ def _kidneys(
         paint(tissue, label, box, kidney, values, ORGAN_ID[organ], FREE)
         # Perirenal fat (inside Gerota's fascia) around the kidney and sinus fat filling the hilum: fat is not free,
         # so the liver, spleen and pancreas painted later never touch the renal parenchyma directly.
-        # At least ~2 voxels thick on any grid, so that no face of the parenchyma touches another organ.
+        # At least 2 voxels in-plane and 1.5 slices thick on any grid: no face of the parenchyma touches another organ.
         margin = rng.uniform(0.03, 0.07)
         nz = frame.shape[0]
         along_uv, along_w = max(margin, 2.0 / frame.scale), max(margin, 3.0 / max(nz - 1, 1))
