@@ -46,7 +46,6 @@ ap.add_argument("--dataset", default="Dataset900_PhantomCT")
 ap.add_argument("--val-batches", type=int, default=6)
 ap.add_argument("--tag", default="")
 ap.add_argument("--aux", type=float, default=0.0)
-ap.add_argument("--conv-stem", type=int, default=None, help="override the plan's ViT conv_stem (0 = none)")
 a = ap.parse_args()
 torch.set_num_threads(2)
 pre = preprocessed_root() / a.dataset
@@ -68,8 +67,6 @@ if a.max_prompts:
 if a.combos:
     p = replace(p, combos=tuple(a.combos.split(",")))
 cfg = replace(cfg, sampling=s, prompts=p, epochs=1, iters_per_epoch=a.steps)
-if a.conv_stem is not None:
-    cfg = replace(cfg, model=replace(cfg.model, vit=replace(cfg.model.vit, conv_stem=a.conv_stem)))
 train_cases, val_cases = fold_cases(pre, "0")
 torch.manual_seed(cfg.seed)
 model = build_model(cfg.model)

@@ -1,8 +1,7 @@
 """SegVol's image encoder: MONAI's ViT (perceptron patch embedding, learned position embedding, no class token).
 
 Parameter names are MONAI's, which are SegVol's checkpoint names (``patch_embedding.patch_embeddings.1``,
-``blocks.N.attn.qkv``, ``norm`` …). A plan's ``conv_stem`` adds early convolutions to the patch tokens
-(:mod:`.conv_stem`, zero at initialisation). Variants add a ``token_adapter`` that may change the patch tokens
+``blocks.N.attn.qkv``, ``norm`` …). Variants add a ``token_adapter`` that may change the patch tokens
 before the transformer blocks (the ``so3`` branch).
 """
 
@@ -11,7 +10,6 @@ from __future__ import annotations
 from monai.networks.nets import ViT
 from torch import Tensor, nn
 
-from segvolpipe.models.conv_stem import ConvStem
 from segvolpipe.planning.plans import ViTPlan
 
 
@@ -31,13 +29,10 @@ class ImageEncoder(ViT):
             # torch's fused attention (flash / memory-efficient kernels on CUDA); MONAI applies dropout_p
             # even in eval mode, so only without dropout.
             block.attn.use_flash_attention = plan.dropout == 0.0
-        self.conv_stem = ConvStem(in_channels, plan.conv_stem, plan.patch_size, plan.hidden_size) if plan.conv_stem else None
         self.token_adapter: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         tokens = self.patch_embedding(x)
-        if self.conv_stem is not None:
-            tokens = tokens + self.conv_stem(x)
         if self.token_adapter is not None:
             tokens = self.token_adapter(x, tokens)
         for block in self.blocks:

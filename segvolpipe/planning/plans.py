@@ -36,11 +36,8 @@ class ViTPlan:
     num_heads: int
     pos_embed: str = "perceptron"
     dropout: float = 0.0
-    conv_stem: int = 0  # first-stage channels of an early-convolution stem beside the patch embedding; 0 = SegVol's
 
     def __post_init__(self) -> None:
-        if self.conv_stem < 0:
-            raise ValueError(f"conv_stem must be ≥ 0, got {self.conv_stem}")
         _positive("input_size", self.input_size)
         _positive("patch_size", self.patch_size)
         if any(i % p for i, p in zip(self.input_size, self.patch_size, strict=True)):
