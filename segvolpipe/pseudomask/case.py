@@ -15,7 +15,7 @@ from segvolpipe.errors import UserError
 from segvolpipe.io.atomic import load_npy, read_json, save_npy, write_json
 from segvolpipe.io.dataset import files_hash
 from segvolpipe.pseudomask.clean import clean_regions, merge_ground_truth
-from segvolpipe.pseudomask.metrics import best_match_dice, body_mask, coverage
+from segvolpipe.pseudomask.metrics import best_match_dice, body_mask, box_voxels, coverage
 
 SEGVOL_MIN_SIZE = 1000  # SegVol's code: components below 1000 voxels merge ...
 SEGVOL_GRID_VOXELS = 256 * 256 * 32  # ... on its 256×256×32 working grid
@@ -78,8 +78,6 @@ class PseudomaskSettings:
         ``CropForegroundd``), so its 0.1 % counts the voxels of the body's box, not the air around it;
         a case with no body falls back to the whole volume.
         """
-        from segvolpipe.pseudomask.metrics import box_voxels
-
         return max(1, int(round(self.min_fraction * (box_voxels(body) or body.size))))
 
     def key(self) -> str:
