@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,3 +37,16 @@ class Problems(UserError):
 
     def lines(self) -> list[str]:
         return [p.line() for p in self.problems]
+
+
+def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
+    """Return ``value`` when it is one of ``allowed``, else raise a "did you mean" :class:`UserError`.
+
+    The match is exact; callers that accept other spellings normalise ``value`` first.
+    """
+    if value in allowed:
+        return value
+    choices = ", ".join(repr(a) for a in allowed)
+    close = difflib.get_close_matches(str(value).lower(), list(allowed), n=1, cutoff=0.4)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"unknown {what} {value!r} (choose from {choices}){hint}")

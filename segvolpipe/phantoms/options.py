@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from segvolpipe.errors import UserError
+from segvolpipe.errors import UserError, check_choice
 
 # Label order of the organs (ids 1..7 when all are labelled).
 ORGANS: tuple[str, ...] = ("liver", "spleen", "left_kidney", "right_kidney", "aorta", "stomach", "pancreas")
@@ -22,16 +20,6 @@ MIN_SIZE = 8
 # mistaken for current ones (it is part of the options hash).
 GENERATOR_VERSION = 4
 SCHEMA_VERSION = 1
-
-
-def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
-    """Return ``value`` when it is one of ``allowed``, else raise a "did you mean" :class:`UserError`."""
-    if value in allowed:
-        return value
-    choices = ", ".join(repr(a) for a in allowed)
-    close = difflib.get_close_matches(str(value).lower(), list(allowed), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown {what} {value!r} (choose from {choices}){hint}")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segvolpipe.errors import UserError
+from segvolpipe.errors import UserError, check_choice
 
 DENOISERS: tuple[str, ...] = ("tv", "gaussian")
 _MAD_TO_STD = 0.6745 * np.sqrt(2.0)  # median |a - b| of two independent N(0, σ²) draws = 0.6745·√2·σ
@@ -29,9 +29,7 @@ _MEAN_TO_STD = np.sqrt(np.pi)  # mean |a - b| of the same = 2σ/√π
 
 def check_denoise(name: str) -> str:
     """Return ``name`` (lower-cased) when it is a known denoiser, else raise with a "did you mean" hint."""
-    from segvolpipe.pseudomask.graph import check_choice
-
-    return check_choice(name, DENOISERS, "pseudo-mask denoiser")
+    return check_choice(str(name).strip().lower(), DENOISERS, "pseudo-mask denoiser")
 
 
 def noise_sigma(volume: np.ndarray, spacing: tuple[float, float, float]) -> float:

@@ -18,13 +18,11 @@ exactly like the non-negative weights themselves), so the order equals ``np.args
 
 from __future__ import annotations
 
-import difflib
-
 import numba
 import numpy as np
 from scipy import ndimage
 
-from segvolpipe.errors import UserError
+from segvolpipe.errors import check_choice
 
 RULES: tuple[str, ...] = ("fh", "percentile")
 MERGE_ALWAYS = np.iinfo(np.int32).max  # a min_size no component reaches: the size sweep merges every edge
@@ -34,23 +32,9 @@ FACE_OFFSETS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (0, 1, 0), (0, 0, 1
 DIAGONAL_OFFSETS: tuple[tuple[int, int, int], ...] = ((0, 1, 1), (0, 1, -1))
 
 
-def check_choice(name: str, choices: tuple[str, ...], what: str) -> str:
-    """Return ``name`` (lower-cased) when it is one of ``choices``, else raise with a "did you mean" hint.
-
-    Raises:
-        UserError: For a name not in ``choices``.
-    """
-    key = str(name).strip().lower()
-    if key in choices:
-        return key
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown {what} {name!r} (choose from {', '.join(choices)}){hint}")
-
-
 def check_rule(name: str) -> str:
     """Return ``name`` (lower-cased) when it is a known merge rule (``"fh"``, ``"percentile"``), else raise."""
-    return check_choice(name, RULES, "pseudo-mask rule")
+    return check_choice(str(name).strip().lower(), RULES, "pseudo-mask rule")
 
 
 def segment_graph(
