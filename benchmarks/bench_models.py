@@ -80,7 +80,8 @@ def _measure(args: tuple) -> dict:
     def train():
         model.train()
         with autocast:
-            loss = forward().float().square().mean()
+            out = forward()  # the U-Net trains with its deep-supervision heads: a tuple
+            loss = sum(o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,)))
         loss.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)

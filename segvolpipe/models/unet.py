@@ -2,7 +2,9 @@
 
 Kernel sizes, strides and filters are the plans' (:func:`segvolpipe.planning.planner.plan_unet`, nnU-Net's
 rules on the target spacing and patch size); instance norm and leaky ReLU as in nnU-Net; multi-class softmax
-logits with deep supervision in training.
+logits with deep supervision in training. The supervision heads stay at their own resolution and the loss
+downsamples the label to them, as nnU-Net does: MONAI's DynUNet would upsample every head to the full patch,
+which made a third of a CPU training step zero-filling, copying and scoring those full-size copies.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from segvolpipe.models.spec import ModelSpec
 class UNetModel(nn.Module):
     """Image ``[B, C, Z, Y, X]`` → class logits ``[B, K, Z, Y, X]`` (K = classes + background).
 
-    In training mode with deep supervision the output is ``[B, 1 + D, K, Z, Y, X]``: the full-resolution
-    logits followed by ``D`` lower-resolution heads upsampled to the full size (MONAI's convention).
+    In training mode with deep supervision the output is a tuple: the full-resolution logits, then ``D`` heads
+    ``[B, K, z, y, x]`` at ½, ¼, … of the resolution (each stride of the decoder), finest first.
     """
 
     promptable = False
@@ -46,5 +48,10 @@ class UNetModel(nn.Module):
     def input_size(self) -> tuple[int, int, int]:
         return self.spec.unet.patch_size
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.net(image)
+    def forward(self, image: Tensor) -> Tensor | tuple[Tensor, ...]:
+        if not (self.training and self.deep_supervision_heads):
+            return self.net(image)
+        # DynUNet.forward without its last step (every head interpolated to the full size and stacked): the skip
+        # layers fill net.heads with the supervision heads' outputs as they run
+        out = self.net.output_block(self.net.skip_layers(image))
+        return (out, *self.net.heads)

@@ -3,7 +3,7 @@
 - Promptable models (SegVol): per prompt, soft Dice + BCE-with-logits on the sigmoid mask; prompts are
   averaged with their weights (1 class prompts, 0.1 pseudo-mask prompts, 0 padding).
 - The U-Net baseline (nnU-Net): Dice + cross-entropy on the softmax over classes, with deep-supervision heads
-  weighted 1, 1/2, 1/4, … normalised to sum 1. The Dice is nnU-Net's batch Dice (``batch_dice``): each class's
+  weighted 1, 1/2, 1/4, … normalised to sum 1, each scored at its own resolution against the label resized there. The Dice is nnU-Net's batch Dice (``batch_dice``): each class's
   overlap summed over the whole batch, so a class missing from one crop does not pull its own term to 1 (a
   10-minute CPU run: validation Dice 0.829 against 0.817 per sample, within the ~0.025 spread between seeds;
   BENCHMARKS.md, "Training").
@@ -12,6 +12,8 @@ Everything is computed in float32, also under autocast.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,13 +78,15 @@ def prompt_dice(logits: Tensor, targets: Tensor, threshold: float = 0.5) -> Tens
         return 2 * inter / size  # 0/0 = NaN where both are empty
 
 
-def unet_loss(output: Tensor, label: Tensor, num_classes: int) -> Tensor:
+def unet_loss(output: Tensor | Sequence[Tensor], label: Tensor, num_classes: int) -> Tensor:
     """nnU-Net's Dice + cross-entropy, over the deep-supervision heads when there are several.
 
     Args:
-        output: ``[B, K, Z, Y, X]`` class logits, or MONAI DynUNet's training output ``[B, 1 + D, K, Z, Y, X]``
-            (full-resolution logits, then ``D`` heads already upsampled to the full size).
-        label: ``[B, Z, Y, X]`` or ``[B, 1, Z, Y, X]`` class map with values ``0..K-1``.
+        output: ``[B, K, Z, Y, X]`` class logits, or the U-Net's training output: the full-resolution logits, then
+            ``D`` heads ``[B, K, z, y, x]`` at their own, lower resolutions.
+        label: ``[B, Z, Y, X]`` or ``[B, 1, Z, Y, X]`` class map with values ``0..K-1``; each lower-resolution head
+            is scored against it resized by nearest neighbour (``nearest-exact``, as nnU-Net's
+            ``DownsampleSegForDSTransform``).
         num_classes: ``K``, classes including the background (checked against ``output``).
 
     Returns:
@@ -90,19 +94,21 @@ def unet_loss(output: Tensor, label: Tensor, num_classes: int) -> Tensor:
         soft Dice over the foreground classes (``include_background=False``, as nnU-Net), each class's sums taken
         over the whole batch (``batch=True``): the batch scores as one image laid side by side.
     """
-    heads = output.unsqueeze(1) if output.dim() == 5 else output
-    if heads.dim() != 6 or heads.shape[2] != num_classes:
-        raise ValueError(f"output must be [B, {num_classes}, Z, Y, X] or [B, 1 + D, {num_classes}, Z, Y, X], "
-                         f"got {tuple(output.shape)}")
+    heads = [output] if isinstance(output, Tensor) else list(output)
     if label.dim() == 4:
         label = label.unsqueeze(1)
-    if label.shape[0] != heads.shape[0] or label.shape[1] != 1 or label.shape[2:] != heads.shape[3:]:
-        raise ValueError(f"label {tuple(label.shape)} does not match the output {tuple(output.shape)}")
+    for h in heads:
+        if h.dim() != 5 or h.shape[:2] != (label.shape[0], num_classes):
+            raise ValueError(f"every output must be [B={label.shape[0]}, K={num_classes}, Z, Y, X], got {tuple(h.shape)}")
+    if label.shape[1] != 1 or label.shape[2:] != heads[0].shape[2:]:
+        raise ValueError(f"label {tuple(label.shape)} does not match the output {tuple(heads[0].shape)}")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=num_classes == 1, batch=True)
-    d = heads.shape[1]
-    scale = torch.tensor([0.5**h for h in range(d)])
+    scale = torch.tensor([0.5**h for h in range(len(heads))])
     scale = (scale / scale.sum()).tolist()
-    with torch.autocast(device_type=output.device.type, enabled=False):
-        target = label.long()
-        return sum((s * loss_fn(heads[:, h].float(), target) for h, s in enumerate(scale)),
-                   heads.new_zeros((), dtype=torch.float32))
+    with torch.autocast(device_type=label.device.type, enabled=False):
+        total = heads[0].new_zeros((), dtype=torch.float32)
+        for h, s in zip(heads, scale, strict=True):
+            target = label if h.shape[2:] == label.shape[2:] else F.interpolate(
+                label.float(), size=h.shape[2:], mode="nearest-exact")
+            total = total + s * loss_fn(h.float(), target.long())
+        return total

@@ -152,7 +152,7 @@ class Trainer:
         if not self.promptable:
             with self.autocast():
                 out = self.train_model(image)
-            return unet_loss(out.float(), label.to(self.device), self.config.model.num_classes)
+            return unet_loss(out, label.to(self.device), self.config.model.num_classes)
         pseudo = batch["pseudo"] if self.config.sampling.pseudo_masks else None
         text_index, modality_value = self.sources[int(batch.get("source", 0))]
         modality = torch.full((label.shape[0],), modality_value, dtype=torch.long)

@@ -77,9 +77,12 @@ def test_unet_forward_backward():
     torch.manual_seed(0)
     model = build_model(tiny_spec("unet"))
     x = torch.randn(2, 1, *TINY_UNET.patch_size)
-    out = model(x)
-    assert out.shape[0] == 2 and out.shape[-4:] == (4, *TINY_UNET.patch_size)  # 3 classes + background
-    out.sum().backward()
+    out = model(x)  # training: full-resolution logits, then the supervision heads at their own resolutions
+    assert out[0].shape == (2, 4, *TINY_UNET.patch_size)  # 3 classes + background
+    for finer, head in zip(out, out[1:], strict=False):  # each head coarser than the one before
+        assert head.shape[:2] == (2, 4) and head.numel() < finer.numel()
+        assert all(c <= f for c, f in zip(head.shape[2:], finer.shape[2:], strict=True))
+    sum(h.sum() for h in out).backward()
     assert all(p.grad is not None for p in model.parameters())
     model.eval()
     with torch.no_grad():

@@ -303,12 +303,15 @@ def test_unet_loss_both_shapes_and_perfect_logits():
     label, perfect = _unet_case()
     assert unet_loss(perfect, label, 3) < 1e-3
     assert unet_loss(perfect, label.unsqueeze(1), 3) < 1e-3
-    noisy = torch.randn(2, 3, 3, 8, 8, 8, generator=torch.Generator().manual_seed(0))
-    heads = torch.cat([perfect.unsqueeze(1), noisy[:, :2]], dim=1)
+    # deep supervision: heads at ½ and ¼ of the resolution, scored against the label resized there by nearest
+    # neighbour and weighted 4 : 2 : 1
+    gen = torch.Generator().manual_seed(0)
+    heads = (perfect, torch.randn(2, 3, 4, 4, 4, generator=gen), torch.randn(2, 3, 2, 2, 2, generator=gen))
     ref = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    expected = (4 * ref(heads[:, 0], label.unsqueeze(1)) + 2 * ref(heads[:, 1], label.unsqueeze(1))
-                + ref(heads[:, 2], label.unsqueeze(1))) / 7
+    half, quarter = label[:, None, 1::2, 1::2, 1::2], label[:, None, 2::4, 2::4, 2::4]  # nearest-exact: centres
+    expected = (4 * ref(heads[0], label.unsqueeze(1)) + 2 * ref(heads[1], half) + ref(heads[2], quarter)) / 7
     torch.testing.assert_close(unet_loss(heads, label, 3), expected)
+    assert unet_loss((perfect, perfect[:, :, ::2, ::2, ::2]), label, 3) > unet_loss(perfect, label, 3)
     with pytest.raises(ValueError):
         unet_loss(perfect, label, 4)
 
@@ -327,10 +330,14 @@ def test_unet_loss_on_dynunet_deep_supervision():
     model = build_model(tiny_spec("unet")).train()
     image = torch.randn(1, 1, *model.input_size)
     out = model(image)
-    assert out.dim() == 6
+    strides = [torch.tensor(s) for s in model.spec.unet.strides]
+    assert len(out) == 1 + model.deep_supervision_heads >= 2
+    for h, head in enumerate(out):  # each head at its own level's resolution
+        scale = torch.stack(strides[: h + 1]).prod(0)
+        assert tuple(head.shape[2:]) == tuple((torch.tensor(model.input_size) // scale).tolist())
     label = torch.zeros(1, *model.input_size, dtype=torch.long)
     label[0, 4:10, 8:20, 8:20] = 2
-    loss = unet_loss(out, label, out.shape[2])
+    loss = unet_loss(out, label, out[0].shape[1])
     loss.backward()
     assert torch.isfinite(loss)
 
