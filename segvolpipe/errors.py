@@ -46,7 +46,7 @@ def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
     """
     if value in allowed:
         return value
-    choices = ", ".join(repr(a) for a in allowed)
+    choices = ", ".join(allowed)
     close = difflib.get_close_matches(str(value).lower(), list(allowed), n=1, cutoff=0.4)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise UserError(f"unknown {what} {value!r} (choose from {choices}){hint}")

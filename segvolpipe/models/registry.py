@@ -6,14 +6,13 @@ Builders are imported lazily so that asking for one variant never imports anothe
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from segvolpipe.errors import UserError
+from segvolpipe.errors import check_choice
 from segvolpipe.models.spec import ModelSpec
 
 # name → (module, class, one-line description)
@@ -31,11 +30,7 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
 
 def check_variant(name: str) -> str:
     """``name`` if it is a registered variant, else a :class:`UserError` suggesting the closest one."""
-    if name in VARIANTS:
-        return name
-    close = difflib.get_close_matches(name, list(VARIANTS), n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown model variant {name!r} (choose from {', '.join(VARIANTS)}){hint}")
+    return check_choice(name, list(VARIANTS), "model variant")
 
 
 def model_class(name: str) -> type[nn.Module]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segvolpipe.config import from_jsonable, to_jsonable
-from segvolpipe.errors import UserError
+from segvolpipe.errors import UserError, check_choice
 from segvolpipe.io.atomic import SCHEMA_VERSION, read_json, write_json
 from segvolpipe.preprocessing.normalization import ChannelNorm
 
@@ -189,14 +189,8 @@ class Plans:
 
     def configuration(self, name: str | None) -> ConfigurationPlan:
         """The named configuration (the default when None); unknown → UserError with the choices."""
-        name = name or self.default_configuration
-        if name not in self.configurations:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(self.configurations), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UserError(f"unknown configuration {name!r} (planned: {', '.join(self.configurations)}){hint}")
-        return self.configurations[name]
+        return self.configurations[check_choice(name or self.default_configuration, list(self.configurations),
+                                                "configuration")]
 
     @property
     def label_names(self) -> dict[int, str]:

@@ -12,14 +12,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from segvolpipe.errors import UserError
+from segvolpipe.errors import UserError, check_choice
 
 EPS = 1e-8
 
@@ -104,11 +103,7 @@ NORMALIZERS: dict[str, Normalizer] = {
 
 def check_scheme(name: str) -> str:
     """Return ``name`` if it is a registered scheme, else raise with a "did you mean" hint."""
-    if name in NORMALIZERS:
-        return name
-    close = difflib.get_close_matches(name, list(NORMALIZERS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown normalisation {name!r} (choose from {', '.join(NORMALIZERS)}){hint}")
+    return check_choice(name, list(NORMALIZERS), "normalisation")
 
 
 def default_scheme(channel_name: str) -> str:
