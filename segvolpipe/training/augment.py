@@ -73,7 +73,10 @@ def spatial_transform(
 ) -> SpatialTransform:
     """Rotation + scaling (no elastic deformation), centre crop to ``input_size``.
 
-    Image: cubic spline, edge values repeated (callers pad with each channel's minimum beforehand).
+    Image: trilinear, as nnU-Net v2 samples it now (batchgeneratorsv2's spatial transform is ``grid_sample``); a cubic
+    spline (batchgenerators' default, order 3) doubled the mean CPU cost of a 3d_lite U-Net sample (0.05 s against
+    0.027 s) and the loader shares the training process's cores. Edge values repeated (callers pad with each
+    channel's minimum beforehand).
     Segmentation channels: nearest neighbour, constant border 0, so no label is ever interpolated.
     """
     angle_x, angle_y, angle_z = rotation.angles()
@@ -89,7 +92,7 @@ def spatial_transform(
         scale=SCALE_RANGE,
         p_scale_per_sample=scale_probability,
         border_mode_data="nearest",
-        order_data=3,
+        order_data=1,
         border_mode_seg="constant",
         border_cval_seg=0,
         order_seg=0,
