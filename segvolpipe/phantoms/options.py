@@ -18,7 +18,7 @@ MIN_SIZE = 8
 
 # Bumped whenever the generator's output changes for the same options, so that old datasets are not
 # mistaken for current ones (it is part of the options hash).
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 SCHEMA_VERSION = 1
 
 

@@ -4,7 +4,8 @@ All positions are in the body frame of :class:`~segvolpipe.phantoms.shapes.Frame
 patient's right, ``v`` anterior, ``w`` superior; cavity half-width = 1, cavity half-depth = ``q``).
 Every organ's size varies by ±15 % per case and its position by a few percent. Organs paint only free
 (cavity background) voxels, in priority order: vessels, kidneys, pancreas, stomach, spleen,
-gallbladder, liver, then the colon in what is left.
+gallbladder, liver, then the colon in what is left. The retroperitoneal organs (aorta, kidneys, pancreas) lie
+in a layer of fat, which is not free, so the intraperitoneal organs painted later never touch them directly.
 """
 
 from __future__ import annotations
@@ -67,12 +68,23 @@ def _vessels(
         di = du - F32(side * 0.45) * np.clip(F32(split) - w, 0, None)
         iliac = below & (di * di + dv * dv <= F32((0.7 * ra) ** 2))
         paint(tissue, label, box, iliac, Tissue.AORTA, 0, FREE)
+    # Periaortic retroperitoneal fat (behind the peritoneum and the diaphragmatic crura): the liver and the bowel,
+    # painted later, never lie against the aortic wall.
+    sheath = ra + _fat_margins(frame, rng, 0.02, 0.05)[0]
+    paint(tissue, label, box, (du * du + dv * dv <= F32(sheath * sheath)) & (w >= F32(split)), Tissue.FAT, 0, FREE)
     ui, vi = spine["u"] + 0.14 + rng.uniform(-0.02, 0.02), va - 0.01
     box = frame.box((ui - 0.15, ui + 0.15), (vi - 0.1, vi + 0.1), (split - 0.1, 1.0))
     ivc = ellipsoid(frame, box, (ui, vi, 0.0), (0.09 * scale, 0.06 * scale, 1e6), 0.3) <= 1
     ivc &= (frame.w[box] > F32(split - 0.05)) & (frame.w[box] < F32(0.95))
     paint(tissue, label, box, ivc, Tissue.IVC, 0, FREE)
     return {"aorta_u": ua, "aorta_v": va, "aorta_r": ra, "ivc_u": ui, "ivc_v": vi}
+
+
+def _fat_margins(frame: Frame, rng: np.random.Generator, low: float, high: float) -> tuple[float, float]:
+    """Thickness of a fat layer in body units, in-plane and along ``w``: drawn from ``[low, high)``, and at least
+    2 voxels in-plane and 1.5 slices on any grid, so that no face of the organ inside touches another organ."""
+    margin = rng.uniform(low, high)
+    return max(margin, 2.0 / frame.scale), max(margin, 3.0 / max(frame.shape[0] - 1, 1))
 
 
 def _kidneys(
@@ -100,10 +112,7 @@ def _kidneys(
         paint(tissue, label, box, kidney, values, ORGAN_ID[organ], FREE)
         # Perirenal fat (inside Gerota's fascia) around the kidney and sinus fat filling the hilum: fat is not free,
         # so the liver, spleen and pancreas painted later never touch the renal parenchyma directly.
-        # At least 2 voxels in-plane and 1.5 slices thick on any grid: no face of the parenchyma touches another organ.
-        margin = rng.uniform(0.03, 0.07)
-        nz = frame.shape[0]
-        along_uv, along_w = max(margin, 2.0 / frame.scale), max(margin, 3.0 / max(nz - 1, 1))
+        along_uv, along_w = _fat_margins(frame, rng, 0.03, 0.07)
         outer = (radii[0] + along_uv, radii[1] + along_uv, radii[2] + along_w)
         box = ellipsoid_box(frame, center, outer)
         shell = ellipsoid(frame, box, center, outer, angle) <= 1
@@ -113,11 +122,12 @@ def _kidneys(
 def _pancreas(
     frame: Frame, tissue: np.ndarray, label: np.ndarray, vessels: dict[str, float], scale: float, rng: np.random.Generator
 ) -> None:
-    """An elongated, lobulated organ from the head (right of midline) across the aorta to the tail."""
+    """An elongated, lobulated organ from the head (right of midline) across the aorta to the tail, in
+    retroperitoneal fat."""
     head, tail = rng.uniform(0.2, 0.3), -rng.uniform(0.5, 0.6)
     v0 = vessels["aorta_v"] + vessels["aorta_r"] + 0.07
     w0 = rng.uniform(-0.1, 0.1)
-    box = frame.box((tail - 0.12, head + 0.15), (v0 - 0.25, v0 + 0.18), (w0 - 0.3, w0 + 0.45))
+    box = frame.box((tail - 0.22, head + 0.22), (v0 - 0.28, v0 + 0.24), (w0 - 0.35, w0 + 0.52))
     u, v, w = frame.u[box], frame.v[box], frame.w[box]
     uc = np.clip(u, F32(tail), F32(head))
     wobble = F32(1) + F32(0.12) * np.sin(uc * F32(rng.uniform(12, 18)) + F32(rng.uniform(0, 2 * np.pi)))
@@ -128,6 +138,12 @@ def _pancreas(
     wc = F32(w0) + F32(0.35) * np.clip(-uc, 0, None) - F32(0.05) * head_part
     f = ((u - uc) / rv) ** 2 + ((v - vc) / rv) ** 2 + ((w - wc) / rw) ** 2
     paint(tissue, label, box, f <= 1, Tissue.PANCREAS, ORGAN_ID["pancreas"], FREE)
+    # Peripancreatic fat: the liver, stomach and spleen, painted later, are separated from it as in the abdomen (the
+    # lesser sac in front, the retroperitoneum around), not laid against it at nearly the same density.
+    along_uv, along_w = _fat_margins(frame, rng, 0.02, 0.05)
+    ruv, rww = rv + F32(along_uv), rw + F32(along_w)
+    rim = ((u - uc) / ruv) ** 2 + ((v - vc) / ruv) ** 2 + ((w - wc) / rww) ** 2 <= 1
+    paint(tissue, label, box, rim, Tissue.FAT, 0, FREE)
 
 
 def _stomach(

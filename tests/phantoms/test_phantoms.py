@@ -116,7 +116,8 @@ def test_ct_intensities_per_tissue() -> None:
         assert 80 < image[label == 1].mean() < 130  # portal-venous liver (vessels and lesions included)
         cortex, medulla = (ndimage.binary_erosion(tissue == t) for t in (Tissue.KIDNEY_CORTEX, Tissue.KIDNEY_MEDULLA))
         assert image[cortex].mean() > image[medulla].mean() + 20  # away from the partial volume with the fat
-        assert 120 < np.percentile(image[tissue == Tissue.AORTA], 90) < 300  # contrast-filled, small (PV)
+        # contrast-filled: its core, since the partial volume with the periaortic fat darkens a small aorta's rim
+        assert 120 < np.percentile(image[ndimage.binary_erosion(tissue == Tissue.AORTA)], 90) < 300
         assert 90 < np.median(image[ndimage.binary_erosion(tissue == Tissue.SPLEEN, iterations=2)]) < 140
         muscle = np.median(image[ndimage.binary_erosion(tissue == Tissue.MUSCLE, iterations=1)])
         assert 35 < muscle < 75  # unenhanced: organs stand out from the abdominal wall
@@ -162,9 +163,13 @@ def test_geometry_orientations_vary_and_spacing_in_range() -> None:
 
 def test_deformation_and_size_vary_between_cases() -> None:
     options = PhantomOptions(size=SMALL)
-    volumes = np.array([np.bincount(make_phantom_case(i, options)[1].ravel(), minlength=8) for i in range(4)])
+    labels = [make_phantom_case(i, options)[1] for i in range(4)]
     for organ_id in range(1, len(ORGANS) + 1):
-        assert len(set(volumes[:, organ_id])) == 4
+        masks = [label == organ_id for label in labels]
+        # every case draws each organ differently (two small organs may still share a voxel count on this grid)
+        assert not any(np.array_equal(a, b) for i, a in enumerate(masks) for b in masks[i + 1:])
+        volumes = [int(m.sum()) for m in masks]
+        assert min(volumes) > 0 and max(volumes) > 1.1 * min(volumes)
 
 
 # --- the dataset -----------------------------------------------------------------------------------
@@ -307,12 +312,18 @@ def test_made_with_other_options_tells_the_demo_when_to_regenerate(tmp_path: Pat
     assert not made_with_other_options(903, small, tmp_path)  # not a phantom: never overwritten
 
 
-def test_kidneys_lie_in_fat_and_no_organ_touches_their_parenchyma() -> None:
-    # Perirenal and sinus fat: the liver, spleen and pancreas, painted later, never reach the kidneys.
+@pytest.mark.parametrize(("inside", "outside", "fat_share"), [
+    (("left_kidney", "right_kidney"), ("liver", "spleen", "pancreas"), 0.5),  # perirenal and sinus fat
+    (("aorta",), ("liver", "pancreas", "stomach"), 0.9),  # periaortic fat
+    (("pancreas",), ("liver", "spleen", "stomach", "aorta"), 0.9),  # peripancreatic fat
+])
+def test_retroperitoneal_organs_lie_in_fat_and_no_organ_touches_them(inside, outside, fat_share) -> None:
+    # The organs painted later (liver, spleen, stomach) never reach the retroperitoneal ones: a layer of fat lies
+    # between, as in the abdomen, and not an edge between two soft tissues of nearly the same density.
     for index in range(3):
         case = make_case(index, PhantomOptions(size=(32, 64, 64)))
-        kidneys = np.isin(case.label, [ORGANS.index(o) + 1 for o in ("left_kidney", "right_kidney")])
-        near = ndimage.binary_dilation(kidneys, ndimage.generate_binary_structure(3, 1)) & ~kidneys
+        organ = np.isin(case.label, [ORGANS.index(o) + 1 for o in inside])
+        near = ndimage.binary_dilation(organ, ndimage.generate_binary_structure(3, 1)) & ~organ
         others = case.label[near]
-        assert kidneys.any() and not np.isin(others, [ORGANS.index(o) + 1 for o in ("liver", "spleen", "pancreas")]).any()
-        assert (case.tissue[near] == Tissue.FAT).mean() > 0.5
+        assert organ.any() and not np.isin(others, [ORGANS.index(o) + 1 for o in outside]).any()
+        assert (case.tissue[near] == Tissue.FAT).mean() > fat_share
