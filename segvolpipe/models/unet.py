@@ -3,8 +3,9 @@
 Kernel sizes, strides and filters are the plans' (:func:`segvolpipe.planning.planner.plan_unet`, nnU-Net's
 rules on the target spacing and patch size); instance norm and leaky ReLU as in nnU-Net; multi-class softmax
 logits with deep supervision in training. The supervision heads stay at their own resolution and the loss
-downsamples the label to them, as nnU-Net does: MONAI's DynUNet would upsample every head to the full patch,
-which made a third of a CPU training step zero-filling, copying and scoring those full-size copies.
+downsamples the label to them, as nnU-Net does: MONAI's DynUNet would upsample every head to the full patch, and
+zero-filling, copying and scoring those full-size copies made a CPU training step 1.18× as long
+(``benchmarks/bench_unet_step.py``).
 """
 
 from __future__ import annotations

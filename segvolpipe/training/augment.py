@@ -74,8 +74,8 @@ def spatial_transform(
     """Rotation + scaling (no elastic deformation), centre crop to ``input_size``.
 
     Image: trilinear, as nnU-Net v2 samples it now (batchgeneratorsv2's spatial transform is ``grid_sample``); a cubic
-    spline (batchgenerators' default, order 3) doubled the mean CPU cost of a 3d_lite U-Net sample (0.05 s against
-    0.027 s) and the loader shares the training process's cores. Edge values repeated (callers pad with each
+    spline (batchgenerators' default, order 3) tripled the mean CPU cost of a 3d_lite U-Net sample (0.028 s against
+    0.0094 s, ``benchmarks/bench_unet_step.py``), and the loader shares the training process's cores. Edge values repeated (callers pad with each
     channel's minimum beforehand).
     Segmentation channels: nearest neighbour, constant border 0, so no label is ever interpolated.
     """

@@ -3,10 +3,10 @@
 - Promptable models (SegVol): per prompt, soft Dice + BCE-with-logits on the sigmoid mask; prompts are
   averaged with their weights (1 class prompts, 0.1 pseudo-mask prompts, 0 padding).
 - The U-Net baseline (nnU-Net): Dice + cross-entropy on the softmax over classes, with deep-supervision heads
-  weighted 1, 1/2, 1/4, … normalised to sum 1, each scored at its own resolution against the label resized there. The Dice is nnU-Net's batch Dice (``batch_dice``): each class's
-  overlap summed over the whole batch, so a class missing from one crop does not pull its own term to 1 (a
-  10-minute CPU run: validation Dice 0.829 against 0.817 per sample, within the ~0.025 spread between seeds;
-  BENCHMARKS.md, "Training").
+  weighted 1, 1/2, 1/4, … normalised to sum 1, each scored at its own resolution against the label resized there.
+  The Dice is nnU-Net's batch Dice (``batch_dice``): each class's overlap summed over the whole batch, so a class
+  missing from one crop does not pull its own term to 1 (a 10-minute CPU run: validation Dice 0.829 against 0.817
+  per sample, within the ~0.025 spread between seeds; BENCHMARKS.md, "Training").
 
 Everything is computed in float32, also under autocast.
 """
