@@ -7,7 +7,10 @@
 * Sample: one augmented training sample of the configuration's patch with the rotated/scaled image sampled by a
   cubic spline (batchgenerators' default) against trilinear (nnU-Net v2 now, and the trainer), alternating.
 
-`.venv/bin/python benchmarks/bench_unet_step.py -d 900 [--configuration 3d_lite] [--repeats 15] [--samples 200]`
+`--profile` also prints torch's profiler table (top operators by self CPU time) over 5 steps of each way.
+
+`.venv/bin/python benchmarks/bench_unet_step.py -d 900 [--configuration 3d_lite] [--repeats 15] [--samples 200]
+[--profile]`
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--configuration", default="3d_lite")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     pre = preprocessed_root() / resolve_dataset(args.dataset, preprocessed_root())
@@ -70,22 +74,34 @@ def main() -> None:
     def native() -> tuple[torch.Tensor, ...]:
         return model(image)
 
+    def step(forward) -> None:
+        with cast():
+            out = forward()
+        loss = unet_loss(out, label, k)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
     times: dict[str, list[float]] = {"upsampled heads (before)": [], "heads at their resolution (now)": []}
     for r in range(args.repeats + 1):
         for name, forward in zip(times, (upsampled, native), strict=True):
             start = time.perf_counter()
-            with cast():
-                out = forward()
-            loss = unet_loss(out, label, k)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            step(forward)
             if r:  # the first round warms up
                 times[name].append(time.perf_counter() - start)
     before, now = (statistics.median(v) for v in times.values())
     for name, values in times.items():
         print(f"step, {name}: median {statistics.median(values):.3f} s over {len(values)}")
     print(f"step ratio now / before: {now / before:.2f}x")
+    if args.profile:
+        from torch.profiler import profile
+
+        for name, forward in zip(times, (upsampled, native), strict=True):
+            with profile() as prof:
+                for _ in range(5):
+                    step(forward)
+            print(f"profile, {name}, 5 steps:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
     # -- the sample ----------------------------------------------------------------------------------------------
     spatial = build_transforms(tuple(sampling.input_size), sampling.rotation_aug).transforms[0]

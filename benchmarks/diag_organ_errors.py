@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from segvolpipe.evaluation.metrics import class_overlap  # noqa: E402
 from segvolpipe.io.dataset import load_dataset_spec  # noqa: E402
 from segvolpipe.io.nifti import read_label  # noqa: E402
 from segvolpipe.paths import raw_root, resolve_dataset  # noqa: E402
@@ -31,8 +32,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return float("nan") if total == 0 else 2 * int((a & b).sum()) / total
+    return class_overlap(a, b).dice
 
 
 def main() -> None:
