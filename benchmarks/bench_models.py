@@ -10,10 +10,14 @@ variant, a fresh process builds the model and measures, on one batch of ``--batc
 in float32 or under bf16 autocast (``--precision``: ``auto`` is what training and prediction do — bf16 where the
 device computes it natively, CUDA or an AVX512-BF16/AMX CPU; ``both`` measures each variant both ways),
 
-the median of ``--repeats`` timed runs after one warm-up, and the peak memory of the process (CPU: ru_maxrss;
-CUDA: ``torch.cuda.max_memory_allocated``).
+the median of ``--repeats`` timed runs after one warm-up, the training throughput (batch / step time, samples/s)
+and the peak memory of the process (CPU: ru_maxrss; CUDA: ``torch.cuda.max_memory_allocated``).
 
-    .venv/bin/python benchmarks/bench_models.py [-d 900] [--device cpu|cuda] [--configurations 3d_lite,3d_segvol] [--repeats 3] [--precision auto|fp32|bf16|both] [--json out.json]
+``--max-batch`` (CUDA) then finds the largest training batch that fits on the GPU — batches double from
+``--batch`` until a step runs out of memory, then bisect — and times the training step at that batch (the
+throughput a GPU of that size reaches with this variant).
+
+    .venv/bin/python benchmarks/bench_models.py [-d 900] [--device cpu|cuda] [--configurations 3d_lite,3d_segvol] [--repeats 3] [--precision auto|fp32|bf16|both] [--max-batch] [--json out.json]
 
 Needs the dataset's plans (``make demo`` makes Dataset900).
 """
@@ -46,61 +50,130 @@ def _prompts(spec, batch: int, per_image: int, device):
     return Prompts(text=text.to(device), boxes=boxes.to(device), modality=modality.to(device))
 
 
-def _measure(args: tuple) -> dict:
-    spec_json, device_name, batch, per_image, repeats, bf16 = args
-    import torch
+class _Bench:
+    """One variant on one device: inputs of a given batch, an inference forward and a training step."""
 
-    from segvolpipe.models.registry import build_model, count_parameters
-    from segvolpipe.models.spec import ModelSpec
+    def __init__(self, spec, device, per_image: int, bf16: bool):
+        import torch
 
-    torch.manual_seed(0)
-    spec = ModelSpec.from_json(spec_json)
-    device = torch.device(device_name)
-    model = build_model(spec).to(device)
-    counts = count_parameters(model)
-    size = spec.unet.patch_size if spec.variant == "unet" else spec.vit.input_size
-    image = torch.randn(batch, spec.in_channels, *size, device=device)
-    prompts = None if spec.variant == "unet" else _prompts(spec, batch, per_image, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        from segvolpipe.models.registry import build_model
 
-    def forward():
-        return model(image) if prompts is None else model(image, prompts)
+        torch.manual_seed(0)
+        self.spec, self.device, self.per_image = spec, device, per_image
+        self.model = build_model(spec).to(device)
+        self.optimiser = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+        self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.image = self.prompts = None
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def inputs(self, batch: int) -> None:
+        import torch
 
-    def infer():
-        model.eval()
-        with torch.no_grad(), autocast:
-            forward()
+        self.image = self.prompts = None  # free the old batch first
+        size = self.spec.unet.patch_size if self.spec.variant == "unet" else self.spec.vit.input_size
+        self.image = torch.randn(batch, self.spec.in_channels, *size, device=self.device)
+        if self.spec.variant != "unet":
+            self.prompts = _prompts(self.spec, batch, self.per_image, self.device)
 
-    def train():
-        model.train()
-        with autocast:
-            out = forward()  # the U-Net trains with its deep-supervision heads: a tuple
+    def _forward(self):
+        return self.model(self.image) if self.prompts is None else self.model(self.image, self.prompts)
+
+    def infer(self) -> None:
+        import torch
+
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            self._forward()
+
+    def train(self) -> None:
+        self.model.train()
+        with self.autocast():
+            out = self._forward()  # the U-Net trains with its deep-supervision heads: a tuple
             loss = sum(o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,)))
         loss.backward()
-        optimiser.step()
-        optimiser.zero_grad(set_to_none=True)
+        self.optimiser.step()
+        self.optimiser.zero_grad(set_to_none=True)
 
-    out = {"bf16": bf16, "variant": spec.variant, "configuration": spec.configuration, "total": counts.total,
-           "trainable": counts.trainable}
-    for name, fn in (("infer", infer), ("train", train)):
+    def time(self, fn, repeats: int) -> float:
+        """Median seconds of ``fn`` over ``repeats`` runs after one warm-up."""
         fn()
-        sync()
+        self.sync()
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
             fn()
-            sync()
+            self.sync()
             times.append(time.perf_counter() - t)
-        out[f"{name}_s"] = statistics.median(times)
+        return statistics.median(times)
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def fits(self, batch: int) -> bool:
+        """Whether a training step of ``batch`` images runs without exhausting the GPU's memory."""
+        import torch
+
+        try:
+            self.inputs(batch)
+            self.train()
+            self.sync()
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            self.optimiser.zero_grad(set_to_none=True)
+            self.image = self.prompts = None
+            torch.cuda.empty_cache()
+
+
+def _measure(args: tuple) -> dict:
+    spec_json, device_name, batch, per_image, repeats, bf16, max_batch = args
+    import torch
+
+    from segvolpipe.models.registry import count_parameters
+    from segvolpipe.models.spec import ModelSpec
+
+    spec = ModelSpec.from_json(spec_json)
+    device = torch.device(device_name)
+    bench = _Bench(spec, device, per_image, bf16)
+    counts = count_parameters(bench.model)
+    out = {"bf16": bf16, "variant": spec.variant, "configuration": spec.configuration, "total": counts.total,
+           "trainable": counts.trainable, "batch": batch}
+    bench.inputs(batch)
+    out["infer_s"] = bench.time(bench.infer, repeats)
+    out["train_s"] = bench.time(bench.train, repeats)
+    out["samples_per_s"] = batch / out["train_s"]
     out["peak_mib"] = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if max_batch and device.type == "cuda":
+        out.update(_largest_batch(bench, batch, repeats))
     return out
+
+
+def _largest_batch(bench: _Bench, start: int, repeats: int, cap: int = 4096) -> dict:
+    """The largest training batch that fits (doubling, then bisection), its step time and peak memory."""
+    import torch
+
+    good, bad = 0, None
+    b = start
+    while b <= cap:
+        if not bench.fits(b):
+            bad = b
+            break
+        good, b = b, 2 * b
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if bench.fits(mid) else (good, mid)
+    if good == 0:
+        return {"max_batch": 0}
+    torch.cuda.reset_peak_memory_stats()
+    bench.inputs(good)
+    step = bench.time(bench.train, repeats)
+    return {"max_batch": good, "max_batch_train_s": step, "max_batch_samples_per_s": good / step,
+            "max_batch_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "gpu_total_mib": torch.cuda.get_device_properties(bench.device).total_memory / 2**20}
 
 
 def main() -> None:
@@ -114,6 +187,8 @@ def main() -> None:
     parser.add_argument("--configurations", default="3d_lite,3d_segvol",
                         help="3d_lite: the dataset's plans; 3d_segvol: SegVol's reference model.")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "both"), default="auto")
+    parser.add_argument("--max-batch", action="store_true",
+                        help="CUDA: also find the largest training batch that fits and its throughput.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -129,17 +204,28 @@ def main() -> None:
     from segvolpipe.precision import native_bf16
 
     modes = {"auto": [native_bf16(args.device)], "fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]
-    jobs = [(b.with_variant(v).to_json(), args.device, args.batch, args.prompts, args.repeats, bf16)
+    jobs = [(b.with_variant(v).to_json(), args.device, args.batch, args.prompts, args.repeats, bf16, args.max_batch)
             for b in bases for v in args.variants.split(",") for bf16 in modes]
     results = []
     ctx = mp.get_context("spawn")
     for job in jobs:
         with ctx.Pool(1) as pool:
-            r = pool.apply(_measure, (job,))
+            try:
+                r = pool.apply(_measure, (job,))
+            except Exception as exc:  # one variant's failure (a missing dependency, say) must not lose the rest
+                spec = job[0]
+                print(f"{spec['configuration']:9s} {spec['variant']:7s} failed: {type(exc).__name__}: {exc}", flush=True)
+                results.append({"variant": spec["variant"], "configuration": spec["configuration"],
+                                "error": f"{type(exc).__name__}: {exc}"})
+                continue
         results.append(r)
         print(f"{r['configuration']:9s} {r['variant']:7s} {'bf16' if r['bf16'] else 'fp32'}  total {r['total'] / 1e6:8.2f} M  trainable "
               f"{r['trainable'] / 1e6:8.2f} M ({100 * r['trainable'] / r['total']:5.1f} %)  infer {r['infer_s']:7.3f} s  "
-              f"train step {r['train_s']:7.3f} s  peak {r['peak_mib']:8.0f} MiB", flush=True)
+              f"train step {r['train_s']:7.3f} s ({r['samples_per_s']:6.2f} samples/s)  peak {r['peak_mib']:8.0f} MiB", flush=True)
+        if r.get("max_batch"):
+            print(f"{'':17s} largest batch {r['max_batch']:5d}: step {r['max_batch_train_s']:7.3f} s "
+                  f"({r['max_batch_samples_per_s']:7.2f} samples/s), peak {r['max_batch_peak_mib']:8.0f} of "
+                  f"{r['gpu_total_mib']:.0f} MiB", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
                                         indent=1))
