@@ -166,14 +166,23 @@ def _largest_batch(bench: _Bench, start: int, repeats: int, cap: int = 4096) -> 
     while bad is not None and bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if bench.fits(mid) else (good, mid)
-    if good == 0:
-        return {"max_batch": 0}
-    torch.cuda.reset_peak_memory_stats()
-    bench.inputs(good)
-    step = bench.time(bench.train, repeats)
-    return {"max_batch": good, "max_batch_train_s": step, "max_batch_samples_per_s": good / step,
-            "max_batch_peak_mib": torch.cuda.max_memory_allocated() / 2**20,
-            "gpu_total_mib": torch.cuda.get_device_properties(bench.device).total_memory / 2**20}
+    out = {"max_batch": good, "gpu_total_mib": torch.cuda.get_device_properties(bench.device).total_memory / 2**20}
+    # one step that fits can still leave too little for the next (allocator fragmentation, kernels choosing other
+    # workspaces): time the largest batch that runs repeatedly, stepping down 5 % at a time
+    timed = good
+    while timed > 0:
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            bench.inputs(timed)
+            step = bench.time(bench.train, repeats)
+            return {**out, "timed_batch": timed, "max_batch_train_s": step, "max_batch_samples_per_s": timed / step,
+                    "max_batch_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
+        except torch.OutOfMemoryError:
+            bench.optimiser.zero_grad(set_to_none=True)
+            bench.image = bench.prompts = None
+            torch.cuda.empty_cache()
+            timed = min(timed - 1, int(timed * 0.95))
+    return out
 
 
 def main() -> None:
@@ -222,8 +231,8 @@ def main() -> None:
         print(f"{r['configuration']:9s} {r['variant']:7s} {'bf16' if r['bf16'] else 'fp32'}  total {r['total'] / 1e6:8.2f} M  trainable "
               f"{r['trainable'] / 1e6:8.2f} M ({100 * r['trainable'] / r['total']:5.1f} %)  infer {r['infer_s']:7.3f} s  "
               f"train step {r['train_s']:7.3f} s ({r['samples_per_s']:6.2f} samples/s)  peak {r['peak_mib']:8.0f} MiB", flush=True)
-        if r.get("max_batch"):
-            print(f"{'':17s} largest batch {r['max_batch']:5d}: step {r['max_batch_train_s']:7.3f} s "
+        if r.get("timed_batch"):
+            print(f"{'':17s} largest batch {r['max_batch']:5d} (timed at {r['timed_batch']}): step {r['max_batch_train_s']:7.3f} s "
                   f"({r['max_batch_samples_per_s']:7.2f} samples/s), peak {r['max_batch_peak_mib']:8.0f} of "
                   f"{r['gpu_total_mib']:.0f} MiB", flush=True)
     if args.json:

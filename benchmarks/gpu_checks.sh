@@ -6,6 +6,8 @@
 #   benchmarks/gpu_checks.sh OUT_DIR [zoo|train-segvol|train-lite|train-unet ...] [--budget 3m] [--np 14]
 #
 # Steps (default: zoo train-segvol):
+#   diag          benchmarks/diag_train_step.py: where a training step's time goes (3d_segvol with the profiler's
+#                 table; 3d_lite segvol and unet)
 #   zoo           benchmarks/bench_models.py --device cuda, 3d_lite and 3d_segvol (the latter with --max-batch)
 #   train-segvol  segvol train -c 3d_segvol (the plans' default on a GPU of >= 20 GB), --time-budget BUDGET
 #   train-lite    segvol train -c 3d_lite, --time-budget BUDGET
@@ -54,10 +56,15 @@ train() {  # name, variant, configuration, then more of segvol train's options
 
 for step in "${steps[@]}"; do
     case $step in
+        diag)
+            python3 benchmarks/diag_train_step.py -d 900 -c 3d_segvol --np "$np" --profile 2>&1 | tee "$out/diag_segvol.log"
+            for v in segvol unet; do
+                python3 benchmarks/diag_train_step.py -d 900 -c 3d_lite --variant $v --np "$np" 2>&1 | tee "$out/diag_lite_$v.log"
+            done ;;
         zoo)
             python3 benchmarks/bench_models.py -d 900 --device cuda --configurations 3d_lite --repeats 10 \
                 --batch 2 --json "$out/zoo_lite.json"
-            python3 benchmarks/bench_models.py -d 900 --device cuda --configurations 3d_segvol --repeats 5 \
+            python3 benchmarks/bench_models.py -d 900 --device cuda --configurations 3d_segvol --repeats 3 \
                 --batch 2 --max-batch --json "$out/zoo_segvol.json" ;;
         train-segvol) train train_segvol segvol 3d_segvol ;;
         train-lite) train train_lite segvol 3d_lite ;;
