@@ -3,12 +3,13 @@
 # step time, throughput and peak memory in bf16 (and the largest training batch of 3d_segvol that fits),
 # then `segvol train` end to end on CUDA in bf16.
 #
-#   benchmarks/gpu_checks.sh OUT_DIR [zoo|train-segvol|train-lite|train-unet ...] [--budget 3m] [--np 14]
+#   benchmarks/gpu_checks.sh OUT_DIR [diag|zoo|zoo-lite|zoo-segvol|train-segvol|train-lite|train-unet ...] [--budget 3m] [--np 14]
 #
 # Steps (default: zoo train-segvol):
 #   diag          benchmarks/diag_train_step.py: where a training step's time goes (3d_segvol with the profiler's
 #                 table; 3d_lite segvol and unet)
-#   zoo           benchmarks/bench_models.py --device cuda, 3d_lite and 3d_segvol (the latter with --max-batch)
+#   zoo           benchmarks/bench_models.py --device cuda, 3d_lite and 3d_segvol (the latter with --max-batch);
+#                 zoo-lite, zoo-segvol: one of them
 #   train-segvol  segvol train -c 3d_segvol (the plans' default on a GPU of >= 20 GB), --time-budget BUDGET
 #   train-lite    segvol train -c 3d_lite, --time-budget BUDGET
 #   train-unet    segvol train -c 3d_lite --variant unet, --time-budget BUDGET
@@ -61,11 +62,11 @@ for step in "${steps[@]}"; do
             for v in segvol unet; do
                 python3 benchmarks/diag_train_step.py -d 900 -c 3d_lite --variant $v --np "$np" 2>&1 | tee "$out/diag_lite_$v.log"
             done ;;
-        zoo)
-            python3 benchmarks/bench_models.py -d 900 --device cuda --configurations 3d_lite --repeats 10 \
-                --batch 2 --json "$out/zoo_lite.json"
-            python3 benchmarks/bench_models.py -d 900 --device cuda --configurations 3d_segvol --repeats 3 \
-                --batch 2 --max-batch --json "$out/zoo_segvol.json" ;;
+        zoo|zoo-lite|zoo-segvol)
+            [[ $step == zoo-segvol ]] || python3 benchmarks/bench_models.py -d 900 --device cuda \
+                --configurations 3d_lite --repeats 10 --batch 2 --json "$out/zoo_lite.json"
+            [[ $step == zoo-lite ]] || python3 benchmarks/bench_models.py -d 900 --device cuda \
+                --configurations 3d_segvol --repeats 3 --batch 2 --max-batch --json "$out/zoo_segvol.json" ;;
         train-segvol) train train_segvol segvol 3d_segvol ;;
         train-lite) train train_lite segvol 3d_lite ;;
         train-unet) train train_unet unet 3d_lite ;;
