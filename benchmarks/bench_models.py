@@ -119,12 +119,23 @@ class _Bench:
             self.inputs(batch)
             self.train()
             self.sync()
-            return True
+            ok = True
         except torch.OutOfMemoryError:
-            return False
-        finally:
-            self.optimiser.zero_grad(set_to_none=True)
-            self.image = self.prompts = None
+            ok = False
+        self.release()  # after the except clause, which keeps the exception (and its frames) alive
+        return ok
+
+    def release(self) -> None:
+        """Free the batch, the gradients and what a step that ran out of memory left behind (the exception's
+        frames hold its tensors in reference cycles, which only the collector breaks)."""
+        import gc
+
+        import torch
+
+        self.optimiser.zero_grad(set_to_none=True)
+        self.image = self.prompts = None
+        gc.collect()
+        if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
@@ -178,10 +189,9 @@ def _largest_batch(bench: _Bench, start: int, repeats: int, cap: int = 4096) -> 
             return {**out, "timed_batch": timed, "max_batch_train_s": step, "max_batch_samples_per_s": timed / step,
                     "max_batch_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
         except torch.OutOfMemoryError:
-            bench.optimiser.zero_grad(set_to_none=True)
-            bench.image = bench.prompts = None
-            torch.cuda.empty_cache()
-            timed = min(timed - 1, int(timed * 0.95))
+            pass
+        bench.release()
+        timed = min(timed - 1, int(timed * 0.95))
     return out
 
 
