@@ -4,9 +4,10 @@ Builds what ``segvol train`` builds for a dataset, configuration and variant (co
 case stores with pseudo-masks when present, the loader with ``--np`` workers, the model on the device, AdamW,
 bf16 autocast where the device does it natively) and measures:
 
-1. the loader alone: batches per second over ``--steps`` batches once its workers are running;
-2. one step cut into phases, each ended by a device synchronisation, on batches already in memory: prompts
-   (``sample_prompts``, CPU), host-to-device copies, forward, loss, backward, clipping + AdamW; medians;
+1. the loader alone: batches per second over ``--steps`` batches once its workers are running (for a promptable
+   model the workers also draw the prompts, as in training);
+2. one step cut into phases, each ended by a device synchronisation, on batches already in memory: host-to-device
+   copies and the targets, forward, loss, backward, clipping + AdamW; medians;
 3. the loop as the trainer runs it (loader + step), samples per second;
 4. with ``--profile``: ``torch.profiler``'s operator table over 5 steps (CPU and, on a GPU, CUDA time).
 
@@ -39,15 +40,16 @@ def main() -> None:
 
     import torch
 
+    from segvolpipe.models.prompt_encoder import Prompts
     from segvolpipe.models.registry import build_model
     from segvolpipe.paths import preprocessed_root, resolve_dataset
     from segvolpipe.planning.plans import load_plans
     from segvolpipe.training.data import TrainingLoader
     from segvolpipe.training.losses import prompt_loss, unet_loss
     from segvolpipe.training.parts import data_parts
-    from segvolpipe.training.prompts import sample_prompts
+    from segvolpipe.training.prompts import region_targets
     from segvolpipe.training.stage import TrainOptions, build_config, resolve_device
-    from segvolpipe.training.trainer import _to_device
+    from segvolpipe.training.trainer import prompt_samplers
 
     name = resolve_dataset(args.dataset, preprocessed_root())
     pre = preprocessed_root() / name
@@ -63,7 +65,6 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr)
     promptable = config.variant != "unet"
-    text_index = [config.model.text_index(n) for n in config.model.labels]
     print(f"{name} {config.configuration} {config.variant} on {device} (bf16 {config.bf16}), batch "
           f"{config.batch_size}, input {config.sampling.input_size}, {args.np} loader workers, "
           f"pseudo-masks {part.pseudo is not None}", flush=True)
@@ -72,7 +73,8 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    loader = TrainingLoader(part.store, part.train, part.sampling, config.seed, args.np)
+    loader = TrainingLoader(part.store, part.train, part.sampling, config.seed, args.np,
+                            prompts=prompt_samplers(config)[0])
     # 1. the loader alone (the first batch pays for the workers' start-up)
     it = loader.epoch(0, args.steps + 1)
     batches = [next(it)]
@@ -90,13 +92,13 @@ def main() -> None:
                 sync()
                 marks.append(time.perf_counter())
 
-        label = batch["label"]
+        image, label = batch["image"].to(device), batch["label"].to(device)
         if promptable:
-            pseudo = batch["pseudo"] if config.sampling.pseudo_masks else None
-            pb = sample_prompts(label, pseudo, text_index, config.prompts, torch.Generator().manual_seed(0))
-            mark()
-            image, prompts = batch["image"].to(device), _to_device(pb.prompts, device)
-            targets, weights = pb.targets.to(device), pb.weights.to(device)
+            classes = batch["prompt_classes"]
+            pseudo = batch["pseudo"].to(device) if bool((classes < 0).any()) else None
+            prompts = Prompts(**{k: v.to(device) for k, v in batch["prompts"].items()})
+            targets = region_targets(label, pseudo, classes.to(device))
+            weights = batch["prompt_weights"].to(device)
             mark()
             with autocast():
                 logits = model(image, prompts)
@@ -104,12 +106,10 @@ def main() -> None:
             loss = prompt_loss(logits.float(), targets, weights)
         else:
             mark()
-            image, target = batch["image"].to(device), label.to(device)
-            mark()
             with autocast():
                 out = model(image)
             mark()
-            loss = unet_loss(out, target, config.model.num_classes)
+            loss = unet_loss(out, label, config.model.num_classes)
         mark()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -119,7 +119,7 @@ def main() -> None:
         float(loss.detach())
         mark()
         if phases is not None:
-            for key, a, b in zip(("prompts", "to device", "forward", "loss", "backward", "clip + AdamW"),
+            for key, a, b in zip(("to device", "forward", "loss", "backward", "clip + AdamW"),
                                  marks[:-1], marks[1:], strict=True):
                 phases.setdefault(key, []).append(b - a)
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from segvolpipe.errors import UserError
 from segvolpipe.planning.plans import check_mirror_axes
 from segvolpipe.training.augment import augment, source_size
+from segvolpipe.training.prompts import PromptSampler
 
 MAX_LOCATIONS = 10_000
 _LOCATION_SEED = 1234
@@ -286,12 +287,14 @@ class TrainingSource:
         case_ids: The training cases (each sample draws one uniformly).
         options: Sampling options (the input size is shared; ``label_mirror`` is the dataset's own).
         weight: Relative share of batches drawn from this source.
+        prompts: Draws each batch's prompts in the worker that builds it (promptable models); None for none.
     """
 
     store: CaseStore
     case_ids: tuple[str, ...]
     options: SamplingOptions
     weight: float = 1.0
+    prompts: PromptSampler | None = None
 
 
 class _Batches(Dataset):
@@ -312,13 +315,18 @@ class _Batches(Dataset):
             rng = np.random.default_rng([self.seed, epoch, iteration, rank, b])
             case = source.case_ids[int(rng.integers(len(source.case_ids)))]
             samples.append(make_sample(source.store, case, rng, source.options))
-        return {
+        batch = {
             "image": torch.from_numpy(np.stack([s["image"] for s in samples])),
             "label": torch.from_numpy(np.stack([s["label"] for s in samples]).astype(np.int64)),
             "pseudo": torch.from_numpy(np.stack([s["pseudo"] for s in samples]).astype(np.int64)),
             "zoom_out": torch.from_numpy(np.array([bool(s["zoom_out"]) for s in samples])),
             "source": torch.tensor(index, dtype=torch.long),
         }
+        if source.prompts is not None:
+            pseudo = batch["pseudo"] if source.options.pseudo_masks else None
+            drawn = source.prompts(batch["label"], pseudo, epoch, iteration, rank)
+            batch.update(prompts=drawn["prompts"], prompt_weights=drawn["weights"], prompt_classes=drawn["classes"])
+        return batch
 
 
 class _Keys(torch.utils.data.Sampler):
@@ -348,13 +356,14 @@ class TrainingLoader:
         workers: Background processes; 0 builds batches in the calling process.
         more: Further sources (a universal model's other datasets): each batch then comes from one source, drawn
             by :func:`~segvolpipe.training.universal.step_source`, and carries its index as ``source``.
+        prompts: The first source's prompt sampler (see :attr:`TrainingSource.prompts`).
     """
 
     def __init__(
         self, store: CaseStore, case_ids: Sequence[str], options: SamplingOptions, seed: int, workers: int = 2,
-        weight: float = 1.0, more: Sequence[TrainingSource] = (),
+        weight: float = 1.0, more: Sequence[TrainingSource] = (), prompts: PromptSampler | None = None,
     ) -> None:
-        sources = (TrainingSource(store, tuple(case_ids), options, weight), *more)
+        sources = (TrainingSource(store, tuple(case_ids), options, weight, prompts), *more)
         for source in sources:
             if not source.case_ids:
                 raise UserError(f"no training cases in {source.store.folder}")
@@ -380,7 +389,9 @@ class TrainingLoader:
         Returns:
             An iterator of batches:
             ``image`` float32 ``[B, C, Z, Y, X]``, ``label`` int64 ``[B, Z, Y, X]``, ``pseudo`` int64
-            ``[B, Z, Y, X]``, ``zoom_out`` bool ``[B]``, ``source`` long scalar (the source's index). Sample ``b`` of iteration ``i`` comes from
+            ``[B, Z, Y, X]``, ``zoom_out`` bool ``[B]``, ``source`` long scalar (the source's index); with a prompt
+            sampler also ``prompts`` (the fields of :class:`~segvolpipe.models.prompt_encoder.Prompts`),
+            ``prompt_weights`` and ``prompt_classes`` ``[B, P]``. Sample ``b`` of iteration ``i`` comes from
             ``np.random.default_rng([seed, epoch, i, rank, b])``: each rank draws its own shard of
             samples (cases are drawn from all of ``case_ids`` on every rank).
         """

@@ -9,14 +9,20 @@ All randomness comes from one CPU :class:`torch.Generator`; sampling runs on a C
 prompted region: one comparison, a bounding box from its projections, points by rejection sampling in the box)
 and only the small prompt tensors are moved to the label's device. On CPU the targets reuse those masks; on
 another device they are built there by one broadcast comparison (:func:`region_targets`).
+
+Training draws the prompts where the batch is built, in the loader's workers (:class:`PromptSampler`): on a GPU
+the per-region passes over a 32×256×256 crop cost more than the model's step, and the training process would
+otherwise spend its time on them while the workers' cores sit idle. The batch then carries the small prompt
+tensors and each row's class; the trainer builds the targets on its device with :func:`region_targets`.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -251,7 +257,7 @@ def region_targets(label: Tensor, pseudo: Tensor | None, classes: Tensor) -> Ten
 
 
 def sample_prompts(label: Tensor, pseudo: Tensor | None, text_index: Sequence[int], options: PromptOptions,
-                   generator: torch.Generator, modality: Tensor | None = None) -> PromptBatch:
+                   generator: torch.Generator, modality: Tensor | None = None, targets: bool = True) -> PromptBatch:
     """Draw ``P = options.max_prompts`` prompts per crop with their targets and loss weights.
 
     Args:
@@ -261,6 +267,8 @@ def sample_prompts(label: Tensor, pseudo: Tensor | None, text_index: Sequence[in
         options: What to draw.
         generator: CPU generator; the only source of randomness (same state → same batch).
         modality: ``[B]`` long (0 CT, 1 MRI) passed through to :attr:`Prompts.modality`, or None.
+        targets: Build the targets; False leaves :attr:`PromptBatch.targets` empty (``[B, P, 0, 0, 0]``), for a
+            caller that builds them elsewhere from :attr:`PromptBatch.classes` (:func:`region_targets`).
 
     Returns:
         A :class:`PromptBatch` on ``label.device``.
@@ -298,10 +306,47 @@ def sample_prompts(label: Tensor, pseudo: Tensor | None, text_index: Sequence[in
                 rows.add(i, -regions[j], combo, options.pseudo_weight, -1, pse[i] == regions[j], options, generator)
 
     cls = rows.classes.to(device)
-    targets = rows.targets(label.shape[1:]) if device.type == "cpu" else region_targets(label, pseudo, cls)
+    if not targets:
+        masks = torch.zeros(*rows.classes.shape, 0, 0, 0, device=device)
+    else:
+        masks = rows.targets(label.shape[1:]) if device.type == "cpu" else region_targets(label, pseudo, cls)
     prompts = Prompts(
         text=rows.text.to(device), points=rows.points.to(device), point_labels=rows.point_labels.to(device),
         boxes=rows.boxes.to(device), box_mask=rows.box_mask.to(device),
         modality=None if modality is None else modality.to(device),
     )
-    return PromptBatch(prompts, targets, rows.weights.to(device), cls, rows.combos)
+    return PromptBatch(prompts, masks, rows.weights.to(device), cls, rows.combos)
+
+
+@dataclass(frozen=True)
+class PromptSampler:
+    """Draws a training batch's prompts where the batch is built (the loader's workers).
+
+    The generator of step ``step`` of ``epoch`` on ``rank`` is seeded from ``(seed, epoch, step, rank)``, so the
+    prompts are the same whatever the number of workers, and a resumed run draws what the uninterrupted one drew.
+
+    Attributes:
+        options: What to draw.
+        text_index: Vocabulary index of each label value 1..K of this data source.
+        modality: 0 CT, 1 MRI (every sample of the source).
+        seed: The run's seed.
+    """
+
+    options: PromptOptions
+    text_index: tuple[int, ...]
+    modality: int
+    seed: int
+
+    def generator(self, epoch: int, step: int, rank: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, epoch, step, rank, 7]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def __call__(self, label: Tensor, pseudo: Tensor | None, epoch: int, step: int, rank: int) -> dict:
+        """The prompts of one batch (``label`` ``[B, Z, Y, X]``): ``prompts`` (the fields of :class:`Prompts`),
+        ``weights`` ``[B, P]`` and ``classes`` ``[B, P]`` — every tensor on the CPU, the targets not built."""
+        modality = torch.full((label.shape[0],), self.modality, dtype=torch.long)
+        batch = sample_prompts(label, pseudo, self.text_index, self.options, self.generator(epoch, step, rank),
+                               modality, targets=False)
+        drawn = {f.name: getattr(batch.prompts, f.name) for f in fields(batch.prompts)}
+        return {"prompts": {k: v for k, v in drawn.items() if v is not None}, "weights": batch.weights,
+                "classes": batch.classes}

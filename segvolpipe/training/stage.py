@@ -288,7 +288,7 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
                      dist: Distributed) -> FoldResult:
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
     from segvolpipe.training.data import TrainingLoader, TrainingSource
-    from segvolpipe.training.trainer import Trainer
+    from segvolpipe.training.trainer import Trainer, prompt_samplers
     from segvolpipe.training.validation import validate_fold
 
     start = time.perf_counter()
@@ -310,8 +310,10 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     use_pseudo = any(part.pseudo is not None for part in parts)
     config = replace(config, sampling=replace(config.sampling, pseudo_masks=use_pseudo))
     first, *more = parts
+    first_prompts, *more_prompts = prompt_samplers(config)
     loader = TrainingLoader(first.store, first.train, first.sampling, config.seed, config.workers, first.weight,
-                            [TrainingSource(p.store, tuple(p.train), p.sampling, p.weight) for p in more])
+                            [TrainingSource(p.store, tuple(p.train), p.sampling, p.weight, sampler)
+                             for p, sampler in zip(more, more_prompts, strict=True)], first_prompts)
     val_batches = []
     for index, part in enumerate(parts):
         if part.val:

@@ -23,13 +23,14 @@ from torch import Tensor, nn
 from segvolpipe.evaluation.metrics import dice_scores
 from segvolpipe.io.atomic import atomic_write
 from segvolpipe.log import logger, progress_bar
+from segvolpipe.models.prompt_encoder import Prompts
 from segvolpipe.models.registry import load_model_state
 from segvolpipe.models.spec import CT
 from segvolpipe.precision import autocast, native_bf16
 from segvolpipe.training.checkpoint import TrainState, save_checkpoint, set_rng_state
 from segvolpipe.training.config import TrainConfig
 from segvolpipe.training.losses import prompt_dice, prompt_loss, unet_loss
-from segvolpipe.training.prompts import PromptOptions, sample_prompts
+from segvolpipe.training.prompts import PromptOptions, PromptSampler, region_targets, sample_prompts
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -103,12 +104,7 @@ class Trainer:
         self.train_batches, self.val_batches = train_batches, val_batches
         self.files, self.device, self.dist, self.progress = files, device, dist, progress
         self.promptable = config.variant != "unet"
-        spec = config.model
-        # per data source (one, or a universal model's datasets): vocabulary index per label value, modality
-        if config.universal is None:
-            self.sources = [([spec.text_index(n) for n in spec.labels], 0 if spec.modality == CT else 1)]
-        else:
-            self.sources = [(list(s.text_index), 0 if s.modality == CT else 1) for s in config.universal.sources]
+        self.sources = prompt_sources(config)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state = TrainState(total_steps=config.epochs * config.iters_per_epoch)
         self.autocast = autocast(device, config.bf16 and native_bf16(device))
@@ -142,32 +138,29 @@ class Trainer:
                             self.config.model.to_json())
 
     # -- steps ------------------------------------------------------------------------------------------
-    def _prompt_generator(self, epoch: int, step: int) -> torch.Generator:
-        seed = int(np.random.SeedSequence([self.config.seed, epoch, step, self.dist.rank, 7]).generate_state(1)[0])
-        return torch.Generator().manual_seed(seed)
-
-    def _loss(self, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+    def _loss(self, batch: dict) -> Tensor:
+        """The loss of one batch; a promptable model's batch carries its prompts (drawn by the loader's
+        :class:`~segvolpipe.training.prompts.PromptSampler`), whose targets are built here, on the device."""
         image = batch["image"].to(self.device, non_blocking=True)
-        label = batch["label"]
+        label = batch["label"].to(self.device, non_blocking=True)
         if not self.promptable:
             with self.autocast():
                 out = self.train_model(image)
-            return unet_loss(out, label.to(self.device), self.config.model.num_classes)
-        pseudo = batch["pseudo"] if self.config.sampling.pseudo_masks else None
-        text_index, modality_value = self.sources[int(batch.get("source", 0))]
-        modality = torch.full((label.shape[0],), modality_value, dtype=torch.long)
-        pb = sample_prompts(label, pseudo, text_index, self.config.prompts, generator, modality)
-        prompts = _to_device(pb.prompts, self.device)
+            return unet_loss(out, label, self.config.model.num_classes)
+        classes = batch["prompt_classes"]
+        pseudo = batch["pseudo"].to(self.device, non_blocking=True) if bool((classes < 0).any()) else None
+        prompts = Prompts(**{k: v.to(self.device, non_blocking=True) for k, v in batch["prompts"].items()})
+        targets = region_targets(label, pseudo, classes.to(self.device))
         with self.autocast():
             logits = self.train_model(image, prompts)
-        return prompt_loss(logits.float(), pb.targets.to(self.device), pb.weights.to(self.device))
+        return prompt_loss(logits.float(), targets, batch["prompt_weights"].to(self.device))
 
-    def _step(self, batch: dict[str, Tensor], epoch: int, step: int) -> float:
+    def _step(self, batch: dict) -> float:
         self.train_model.train()
         lr = lr_at(self.state.step, self.state.total_steps, self.config.warmup_steps, self.config.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self._loss(batch, self._prompt_generator(epoch, step))
+        loss = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -263,7 +256,7 @@ class Trainer:
         for i, batch in enumerate(self.train_batches(state.epoch)):
             if i >= steps:
                 break
-            losses.append(self._step(batch, state.epoch, i))
+            losses.append(self._step(batch))
             bar.advance(task)
         train_s = time.perf_counter() - start
         val, val_box = self.validate()
@@ -301,6 +294,24 @@ class Trainer:
         logger.info("epoch %d: loss %.4f, val Dice %s (box+text %s), EMA %s, lr %.2e, %.1f s",
                     record.epoch, record.train_loss, _fmt(record.val_dice), _fmt(record.val_dice_box),
                     _fmt(record.ema_dice), record.lr, record.epoch_s)
+
+
+def prompt_sources(config: TrainConfig) -> list[tuple[list[int], int]]:
+    """Per data source (one, or a universal model's datasets, in loader order): the vocabulary index of each label
+    value 1..K and the modality (0 CT, 1 MRI)."""
+    spec = config.model
+    if config.universal is None:
+        return [([spec.text_index(n) for n in spec.labels], 0 if spec.modality == CT else 1)]
+    return [(list(s.text_index), 0 if s.modality == CT else 1) for s in config.universal.sources]
+
+
+def prompt_samplers(config: TrainConfig) -> list[PromptSampler | None]:
+    """The loader's prompt sampler of each data source (None for each when the model takes no prompts)."""
+    sources = prompt_sources(config)
+    if config.variant == "unet":
+        return [None] * len(sources)
+    return [PromptSampler(config.prompts, tuple(text_index), modality, config.seed)
+            for text_index, modality in sources]
 
 
 def budget_total_steps(epoch: int, elapsed_s: float, epoch_s: float, budget_s: float, iters_per_epoch: int,

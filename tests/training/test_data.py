@@ -19,6 +19,7 @@ from segvolpipe.training.augment import (
     spatial_transform,
 )
 from segvolpipe.training.data import CaseStore, SamplingOptions, TrainingLoader, make_sample
+from segvolpipe.training.prompts import PromptOptions, PromptSampler, region_targets, sample_prompts
 
 SHAPE = (20, 40, 36)
 SMALL = (10, 20, 18)
@@ -124,6 +125,40 @@ def test_batches_are_a_pure_function_of_seed_epoch_iteration_rank(dataset: tuple
     )
     with pytest.raises(ValueError):
         inline.epoch(0, 1, rank=2, world_size=2)
+
+
+def _flat(batch: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "prompts"} | {f"prompts.{k}": v for k, v in batch["prompts"].items()}
+
+
+def test_prompts_drawn_in_the_workers_are_those_the_trainer_drew_in_process(dataset: tuple[Path, Path]) -> None:
+    """The loader's workers draw each batch's prompts from (seed, epoch, step, rank): the same whatever the worker
+    count, and exactly what ``sample_prompts`` gives in the training process with that generator; the trainer's
+    targets built from the rows' classes equal the masks ``sample_prompts`` builds."""
+    store = _store(dataset)
+    options = _options(batch_size=2)
+    sampler = PromptSampler(PromptOptions(max_prompts=4, pseudo_prompts=1), (3, 1), 1, seed=5)
+    inline = TrainingLoader(store, store.case_ids, options, seed=5, workers=0, prompts=sampler)
+    background = TrainingLoader(store, store.case_ids, options, seed=5, workers=2, prompts=sampler)
+    try:
+        seen = list(background.epoch(1, 3))
+    finally:
+        background.close()
+    for a, b in zip(seen, inline.epoch(1, 3), strict=True):
+        a, b = _flat(a), _flat(b)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pseudo_rows = 0
+    for step, batch in enumerate(seen):
+        expected = sample_prompts(batch["label"], batch["pseudo"], (3, 1), sampler.options,
+                                  sampler.generator(1, step, 0), torch.full((2,), 1))
+        for name, value in batch["prompts"].items():
+            assert torch.equal(value, getattr(expected.prompts, name)), name
+        assert torch.equal(batch["prompt_classes"], expected.classes)
+        assert torch.equal(batch["prompt_weights"], expected.weights)
+        targets = region_targets(batch["label"], batch["pseudo"], batch["prompt_classes"])
+        assert torch.equal(targets, expected.targets)
+        pseudo_rows += int((batch["prompt_classes"] < 0).sum())
+    assert pseudo_rows > 0  # pseudo-region prompts were drawn, and their targets compared too
 
 
 def test_foreground_oversampling(dataset: tuple[Path, Path]) -> None:

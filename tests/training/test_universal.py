@@ -73,16 +73,19 @@ def two_datasets(roots: dict[str, Path]) -> tuple[str, str]:
 
 
 def test_universal_training_prompts_each_dataset_only_with_its_own_classes(roots, two_datasets, monkeypatch):
+    from segvolpipe.training import prompts as prompts_module
     from segvolpipe.training import trainer as trainer_module
 
     seen: list[tuple[int, set[int]]] = []
-    original = trainer_module.sample_prompts
+    original = prompts_module.sample_prompts
 
-    def record(label, pseudo, text_index, options, generator, modality=None):
-        batch = original(label, pseudo, text_index, options, generator, modality)
+    def record(label, pseudo, text_index, options, generator, modality=None, targets=True):
+        batch = original(label, pseudo, text_index, options, generator, modality, targets)
         seen.append((tuple(text_index), {int(t) for t in batch.prompts.text.flatten().tolist() if t >= 0}))
         return batch
 
+    # training batches draw theirs in the loader (--np 0: in this process), validation in the trainer
+    monkeypatch.setattr(prompts_module, "sample_prompts", record)
     monkeypatch.setattr(trainer_module, "sample_prompts", record)
     result = runner.invoke(app, ["train", "-d", "31", "-d", "32", "--weight", "1", "--weight", "1", *TINY])
     assert result.exit_code == 0, result.output
