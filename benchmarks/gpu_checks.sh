@@ -15,7 +15,9 @@
 #   train-unet    segvol train -c 3d_lite --variant unet, --time-budget BUDGET
 #
 # Needs the raw Dataset900_PhantomCT (`segvol make-phantoms -d 900`, as `make demo` makes it) under
-# SEGVOL_RAW (default raw_data). Work goes to OUT_DIR/work; logs and the results' small files to OUT_DIR.
+# SEGVOL_RAW (default raw_data). Preprocessed data and results go to $GPU_CHECKS_WORK (default: a new temporary
+# folder); logs, the benchmarks' JSON and each run's config, training log, progress plot and validation summary
+# (a .tgz) to OUT_DIR.
 # `segvol` is run as `python3 -m segvolpipe.cli` from the repository root, so an installed package is not
 # needed, only its dependencies.
 set -euo pipefail

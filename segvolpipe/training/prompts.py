@@ -121,7 +121,7 @@ class PromptBatch:
 
     Attributes:
         prompts: The model's prompts (``points [B, P, N, 3]``, ``boxes [B, P, 6]`` always present).
-        targets: ``[B, P, Z, Y, X]`` float 0/1.
+        targets: ``[B, P, Z, Y, X]`` float 0/1 (``[B, P, 0, 0, 0]`` when drawn with ``targets=False``).
         weights: ``[B, P]`` float: 1 class prompts, ``pseudo_weight`` pseudo prompts, 0 padding.
         classes: ``[B, P]`` long: label value of a class prompt, −(region id) of a pseudo prompt, 0 padding.
         combos: Per sample, per prompt: the combination used ("" for padding).
