@@ -194,7 +194,7 @@ def train(
     pseudo_masks: Annotated[bool | None, typer.Option("--pseudo-masks/--no-pseudo-masks", help="Pseudo-mask regions as extra prompts (default: when they exist).")] = None,
     gpus: Annotated[int, typer.Option("--gpus", help="Processes with torch.distributed (one per GPU; gloo CPU processes with --device cpu).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights, data and prompts.")] = 0,
-    np_: Annotated[int, typer.Option("--np", help="Data-loading workers per process.")] = 2,
+    np_: Annotated[int | None, typer.Option("--np", help="Data-loading workers per process (default: 2 on the CPU; on CUDA all CPUs but one, at most 12).")] = None,
     bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="bfloat16 autocast where the device does it natively: CUDA, CPUs with AVX512-BF16/AMX (default: the plans', on).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")] = True,
 ) -> None:

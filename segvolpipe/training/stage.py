@@ -60,7 +60,7 @@ class TrainOptions:
     pseudo_masks: bool | None = None
     gpus: int = 1
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None  # None: see loader_workers
     progress: bool = True
     bf16: bool | None = None
 
@@ -154,6 +154,23 @@ def _load_init(model: torch.nn.Module, spec: ModelSpec, path: Path, kind: str) -
                 path, len(report.loaded), len(report.new_in_variant), len(report.missing))
 
 
+# nnU-Net's default number of augmentation processes per GPU (nnUNet_n_proc_DA)
+MAX_GPU_LOADER_WORKERS = 12
+
+
+def loader_workers(requested: int | None, device: str, gpus: int = 1) -> int:
+    """Data-loading workers per training process: ``requested``, or by default 2 on the CPU (the training process
+    needs the cores for the model) and, on CUDA, all but one of the process's share of the CPUs, at most 12:
+    there the GPU steps faster than a few workers can augment (BENCHMARKS.md, "On one H100")."""
+    if requested is not None:
+        return requested
+    if device != "cuda":
+        return 2
+    from segvolpipe.parallel import default_workers
+
+    return max(2, min(MAX_GPU_LOADER_WORKERS, default_workers() // max(1, gpus) - 1))
+
+
 def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) -> TrainConfig:
     spec = spec_from_plans(plans, options.configuration, check_variant(options.variant))
     # another dataset's --init model (or --lora): its sizes, this dataset's labels; before config_from_plans,
@@ -165,7 +182,8 @@ def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) ->
     return config_from_plans(
         plans, spec, fold, epochs=epochs, iters_per_epoch=options.iters_per_epoch,
         batch_size=options.batch_size, lr=options.lr, time_budget_s=options.time_budget_s, seed=options.seed,
-        device=device, workers=options.workers, init=options.init, pretrained=options.pretrained, gpus=options.gpus,
+        device=device, workers=loader_workers(options.workers, device, options.gpus), init=options.init,
+        pretrained=options.pretrained, gpus=options.gpus,
         sampling_rotation_aug=options.rotation_aug, sampling_pseudo_masks=options.pseudo_masks, bf16=options.bf16,
     )
 

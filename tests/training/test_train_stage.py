@@ -201,3 +201,18 @@ def test_the_budget_is_refitted_from_the_latest_epoch():
     assert budget_total_steps(4, 160.0, 20.0, 600.0, 10, 10_000) == 260
     assert budget_total_steps(4, 700.0, 20.0, 600.0, 10, 10_000) == 40  # over budget: never below what is done
     assert budget_total_steps(4, 160.0, 20.0, 600.0, 10, 50) == 50  # --epochs caps it
+
+
+def test_loader_workers_default_follows_the_device(monkeypatch) -> None:
+    """--np wins; by default 2 on the CPU, and on CUDA all but one of the process's share of the CPUs (≥ 2, ≤ 12):
+    there augmentation, not the model, limits a step (BENCHMARKS.md, "On one H100")."""
+    from segvolpipe import parallel
+    from segvolpipe.training.stage import loader_workers
+
+    monkeypatch.setattr(parallel, "default_workers", lambda: 16)
+    assert loader_workers(5, "cuda") == 5 and loader_workers(0, "cpu") == 0
+    assert loader_workers(None, "cpu") == 2
+    assert loader_workers(None, "cuda") == 12  # 15, capped at nnU-Net's 12
+    assert loader_workers(None, "cuda", gpus=4) == 3
+    monkeypatch.setattr(parallel, "default_workers", lambda: 2)
+    assert loader_workers(None, "cuda") == 2
