@@ -12,7 +12,8 @@ import torch
 from segvolpipe.models.registry import build_model, load_model_state
 from segvolpipe.paths import preprocessed_root
 from segvolpipe.planning.plans import load_plans
-from segvolpipe.training.data import CaseStore, TrainingLoader
+from segvolpipe.training.data import CaseStore
+from segvolpipe.training.loader import TrainingLoader
 from segvolpipe.training.parts import fold_cases
 from segvolpipe.training.stage import TrainOptions, build_config
 

@@ -44,7 +44,7 @@ def main() -> None:
     from segvolpipe.models.registry import build_model
     from segvolpipe.paths import preprocessed_root, resolve_dataset
     from segvolpipe.planning.plans import load_plans
-    from segvolpipe.training.data import TrainingLoader
+    from segvolpipe.training.loader import TrainingLoader
     from segvolpipe.training.losses import prompt_loss, unet_loss
     from segvolpipe.training.parts import data_parts
     from segvolpipe.training.prompts import region_targets

@@ -305,7 +305,7 @@ def train_fold(config: TrainConfig, options: TrainOptions, pre: Path, folder: Pa
 def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, folder: Path,
                      dist: Distributed) -> FoldResult:
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
-    from segvolpipe.training.data import TrainingLoader, TrainingSource
+    from segvolpipe.training.loader import TrainingLoader, TrainingSource
     from segvolpipe.training.trainer import Trainer, prompt_samplers
     from segvolpipe.training.validation import validate_fold
 

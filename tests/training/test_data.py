@@ -18,7 +18,8 @@ from segvolpipe.training.augment import (
     source_size,
     spatial_transform,
 )
-from segvolpipe.training.data import CaseStore, SamplingOptions, TrainingLoader, make_sample
+from segvolpipe.training.data import CaseStore, SamplingOptions, make_sample
+from segvolpipe.training.loader import TrainingLoader
 from segvolpipe.training.prompts import PromptOptions, PromptSampler, region_targets, sample_prompts
 
 SHAPE = (20, 40, 36)
