@@ -32,6 +32,9 @@ while (($#)); do
     esac
 done
 ((${#steps[@]})) || steps=(zoo train-segvol)
+for step in "${steps[@]}"; do  # before minutes of preparation
+    [[ $step =~ ^(diag|zoo|zoo-lite|zoo-segvol|train-segvol|train-lite|train-unet)$ ]] || { echo "unknown step $step" >&2; exit 2; }
+done
 mkdir -p "$out"
 work=${GPU_CHECKS_WORK:-$(mktemp -d)}
 export SEGVOL_PREPROCESSED=$work/preprocessed SEGVOL_RESULTS=$work/results PYTHONUNBUFFERED=1
@@ -72,6 +75,5 @@ for step in "${steps[@]}"; do
         train-segvol) train train_segvol segvol 3d_segvol ;;
         train-lite) train train_lite segvol 3d_lite ;;
         train-unet) train train_unet unet 3d_lite ;;
-        *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done
