@@ -12,7 +12,7 @@ bf16 autocast where the device does it natively) and measures:
 4. with ``--profile``: ``torch.profiler``'s operator table over 5 steps (CPU and, on a GPU, CUDA time).
 
     .venv/bin/python benchmarks/diag_train_step.py -d 900 -c 3d_lite [--variant segvol] [--device cpu|cuda]
-        [--np 2] [--steps 20] [--batch-size N] [--profile]
+        [--np 2] [--steps 20] [--batch-size N] [--profile] [--loader-only]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--loader-only", action="store_true", help="measure the loader alone (no model is built)")
     args = parser.parse_args()
 
     import torch
@@ -60,10 +61,6 @@ def main() -> None:
     config = build_config(plans, options, "0", device_name)
     part = data_parts(config, pre)[0]
     device = torch.device(device_name)
-    torch.manual_seed(0)
-    model = build_model(config.model).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=config.lr)
     promptable = config.variant != "unet"
     print(f"{name} {config.configuration} {config.variant} on {device} (bf16 {config.bf16}), batch "
           f"{config.batch_size}, input {config.sampling.input_size}, {args.np} loader workers, "
@@ -81,6 +78,15 @@ def main() -> None:
     t = time.perf_counter()
     batches += list(it)
     loader_s = (time.perf_counter() - t) / args.steps
+    b = config.batch_size
+    print(f"loader alone      {loader_s:7.3f} s/batch  ({b / loader_s:7.2f} samples/s)", flush=True)
+    if args.loader_only:
+        loader.close()
+        return
+    torch.manual_seed(0)
+    model = build_model(config.model).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr)
 
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)  # noqa: E731
 
@@ -141,8 +147,6 @@ def main() -> None:
     loop_s = (time.perf_counter() - t) / args.steps
     loader.close()
 
-    b = config.batch_size
-    print(f"loader alone      {loader_s:7.3f} s/batch  ({b / loader_s:7.2f} samples/s)")
     for key, values in phases.items():
         print(f"  {key:15s} {statistics.median(values):7.3f} s")
     print(f"step (phases)     {step_s:7.3f} s/batch  ({b / step_s:7.2f} samples/s)")

@@ -161,7 +161,8 @@ class CaseStore:
 
 
 def _crop(
-    array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: np.ndarray | float
+    array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: np.ndarray | float,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``array[..., start:start + size]`` over the last three axes, padded with ``fill`` outside.
 
@@ -170,12 +171,14 @@ def _crop(
         start: ``(z, y, x)`` corner, may be negative or run past the end.
         size: ``(z, y, x)`` output size.
         fill: Scalar, or one value per leading channel (``[C]`` for a ``[C, Z, Y, X]`` array).
+        out: Write into this ``[..., *size]`` array (of any dtype that holds the values) instead.
 
     Returns:
-        A new ``[..., *size]`` array of ``array``'s dtype.
+        ``out``, or a new ``[..., *size]`` array of ``array``'s dtype.
     """
     lead = array.shape[:-3]
-    out = np.empty((*lead, *size), dtype=array.dtype)
+    if out is None:
+        out = np.empty((*lead, *size), dtype=array.dtype)
     out[...] = np.reshape(fill, (-1, 1, 1, 1)) if np.ndim(fill) else fill
     src, dst = [], []
     for s, n, dim in zip(start, size, array.shape[-3:], strict=True):
@@ -214,8 +217,9 @@ def _crop_start(
 
 def _source(
     store: CaseStore, case: str, rng: np.random.Generator, options: SamplingOptions, zoom_out: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The block to augment: image float32 ``[C, *block]``, label and pseudo int32 ``[*block]``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The block to augment: image float32 ``[C, *block]`` and ``seg`` float32 ``[2, *block]`` (label, then
+    pseudo-mask or 0), cropped straight into the float array the augmentation reads.
 
     ``block`` is the input size, or :func:`~segvolpipe.training.augment.source_size` when augmenting;
     the input-sized view sits at its centre.
@@ -240,11 +244,13 @@ def _source(
                 centre = voxels[int(rng.integers(len(voxels)))] + rng.integers(-offset, offset + 1)
         corner = _crop_start(rng, label.shape, size, centre)
     start = [c - (b - n) // 2 for c, b, n in zip(corner, block, size, strict=True)]
-    return (
-        _crop(image, start, block, store.channel_minima(case)).astype(np.float32, copy=False),
-        _crop(label, start, block, 0).astype(np.int32, copy=False),
-        np.zeros(block, np.int32) if pseudo is None else _crop(pseudo, start, block, 0).astype(np.int32),
-    )
+    seg = np.empty((2, *block), np.float32)
+    _crop(label, start, block, 0, out=seg[0])
+    if pseudo is None:
+        seg[1] = 0
+    else:
+        _crop(pseudo, start, block, 0, out=seg[1])
+    return _crop(image, start, block, store.channel_minima(case)).astype(np.float32, copy=False), seg
 
 
 def make_sample(
@@ -258,15 +264,14 @@ def make_sample(
         ``zoom_out`` a bool scalar array.
     """
     zoom_out = bool(rng.random() < options.zoom_out_probability)
-    image, label, pseudo = _source(store, case, rng, options, zoom_out)
+    image, seg = _source(store, case, rng, options, zoom_out)
     if options.augment:
         size = tuple(int(v) for v in options.input_size)
-        image, seg = augment(image, np.stack([label, pseudo]), rng, size, options.rotation_aug,
-                             options.label_mirror, options.mirror_axes)
-        label, pseudo = np.rint(seg[0]), np.rint(seg[1])
+        image, seg = augment(image, seg, rng, size, options.rotation_aug, options.label_mirror, options.mirror_axes)
+        seg = np.rint(seg)
     return {
         "image": np.ascontiguousarray(image, dtype=np.float32),
-        "label": label.astype(np.int16),
-        "pseudo": pseudo.astype(np.int32),
+        "label": seg[0].astype(np.int16),
+        "pseudo": seg[1].astype(np.int32),
         "zoom_out": np.array(zoom_out),
     }
