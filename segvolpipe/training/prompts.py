@@ -261,8 +261,8 @@ def sample_prompts(label: Tensor, pseudo: Tensor | None, text_index: Sequence[in
     """Draw ``P = options.max_prompts`` prompts per crop with their targets and loss weights.
 
     Args:
-        label: ``[B, Z, Y, X]`` long class map, values 0..K (K = ``len(text_index)``).
-        pseudo: ``[B, Z, Y, X]`` long pseudo-masks (0 none, −1 ignore, 1..K classes, ids > K regions) or None.
+        label: ``[B, Z, Y, X]`` integer class map, values 0..K (K = ``len(text_index)``).
+        pseudo: ``[B, Z, Y, X]`` integer pseudo-masks (0 none, −1 ignore, 1..K classes, ids > K regions) or None.
         text_index: Vocabulary index of each label value 1..K (value ``v`` ↦ ``text_index[v - 1]``).
         options: What to draw.
         generator: CPU generator; the only source of randomness (same state → same batch).
@@ -281,8 +281,11 @@ def sample_prompts(label: Tensor, pseudo: Tensor | None, text_index: Sequence[in
         raise ValueError(f"the generator must be a CPU generator, got one on {generator.device}")
     device, k = label.device, len(text_index)
     b, p, n = label.shape[0], options.max_prompts, options.num_points
-    lab = label.detach().to("cpu", torch.long)
-    pse = None if pseudo is None else pseudo.detach().to("cpu", torch.long)
+    for name, t in (("label", label), ("pseudo", pseudo)):
+        if t is not None and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+            raise ValueError(f"{name} must be an integer map, got {t.dtype}")
+    lab = label.detach().to("cpu")  # any integer type (the loader's are int16 / int32): no widened copy
+    pse = None if pseudo is None else pseudo.detach().to("cpu")
     if lab.numel() and int(lab.max()) > k:
         raise ValueError(f"label value {int(lab.max())} but only {k} text indices")
 

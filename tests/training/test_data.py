@@ -78,8 +78,8 @@ def test_batches_shapes_dtypes_and_labels_travel_with_pseudo(dataset: tuple[Path
     )
     for batch in loader.epoch(0, 4):
         assert batch["image"].shape == (3, 2, *INPUT) and batch["image"].dtype == torch.float32
-        assert batch["label"].shape == (3, *INPUT) and batch["label"].dtype == torch.int64
-        assert batch["pseudo"].shape == (3, *INPUT) and batch["pseudo"].dtype == torch.int64
+        assert batch["label"].shape == (3, *INPUT) and batch["label"].dtype == torch.int16
+        assert batch["pseudo"].shape == (3, *INPUT) and batch["pseudo"].dtype == torch.int32
         assert batch["zoom_out"].shape == (3,) and batch["zoom_out"].dtype == torch.bool
         label, pseudo = batch["label"].numpy(), batch["pseudo"].numpy()
         assert set(np.unique(label)) <= {0, 1, 2}  # never an interpolated label

@@ -216,6 +216,21 @@ def test_vectorised_targets_match_the_row_masks():
     torch.testing.assert_close(region_targets(label, pse, batch.classes), batch.targets)
 
 
+def test_the_loaders_narrow_integer_maps_draw_the_same_prompts_and_targets():
+    """The loader hands over int16 labels and int32 pseudo-masks; prompts and targets are those of int64 maps."""
+    wide, label, pse = _sample(2)
+    narrow = sample_prompts(label.to(torch.int16), pse.to(torch.int32), TEXT_INDEX,
+                            PromptOptions(max_prompts=7, max_positive_points=4, max_negative_points=3),
+                            torch.Generator().manual_seed(2))
+    for name in ("text", "points", "point_labels", "boxes", "box_mask"):
+        assert torch.equal(getattr(narrow.prompts, name), getattr(wide.prompts, name)), name
+    assert torch.equal(narrow.targets, wide.targets) and torch.equal(narrow.classes, wide.classes)
+    torch.testing.assert_close(region_targets(label.to(torch.int16), pse.to(torch.int32), narrow.classes),
+                               wide.targets)
+    with pytest.raises(ValueError, match="label must be an integer map"):
+        sample_prompts(label.float(), None, TEXT_INDEX, PromptOptions(max_prompts=2), torch.Generator())
+
+
 def test_modality_and_empty_label():
     label = torch.zeros(1, *SHAPE, dtype=torch.long)
     batch = sample_prompts(label, None, TEXT_INDEX, PromptOptions(max_prompts=3, absent_text_prompts=2),
