@@ -30,7 +30,8 @@ class TrainConfig:
         epochs, iters_per_epoch, batch_size: Optimiser steps are ``epochs × iters_per_epoch`` (per process).
         lr, weight_decay, warmup_epochs, grad_clip: AdamW, linear warm-up then cosine to zero, clipping.
         time_budget_s: Stop after this much training time; the cosine schedule is fitted to the epochs that
-            fit in the budget, refitted after every epoch from the last epoch's length.
+            fit in the budget, refitted after every epoch from the last epoch's length, and an epoch the budget
+            runs out in stops after the step that spent it.
         seed: Seeds the weights, the data and the prompts (batches are a function of seed, epoch, step).
         device: ``cpu`` or ``cuda``; ``bf16``: autocast to bfloat16 (when the device does it natively:
             :mod:`segvolpipe.precision`).

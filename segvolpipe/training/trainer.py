@@ -90,6 +90,8 @@ class EpochRecord:
     epoch_s: float
     samples_per_s: float
     peak_mib: float
+    steps: int = 0  # optimiser steps taken (fewer than iters_per_epoch in an epoch the time budget cut)
+    cut: bool = False  # the time budget ran out during the epoch
 
 
 class Trainer:
@@ -214,7 +216,14 @@ class Trainer:
                 bar.update(task, completed=state.step)
                 while state.epoch * cfg.iters_per_epoch < state.total_steps:
                     record = self._epoch(bar, task)
+                    if record.cut:  # the budget ran out inside the epoch: the schedule ends where training did
+                        state.total_steps = state.step
+                        bar.update(task, total=state.total_steps)
                     self._after_epoch(record)
+                    if record.cut:
+                        logger.info("time budget reached during epoch %d (%d of %d steps)", record.epoch,
+                                    record.steps, cfg.iters_per_epoch)
+                        break
                     if budget is not None and state.epoch_s:
                         # refitted after every epoch: the first pays for start-up (workers, caches), and a machine
                         # that was busy early (or becomes busy) would otherwise leave the budget unused (or overrun)
@@ -253,12 +262,21 @@ class Trainer:
         start = time.perf_counter()
         losses = []
         steps = min(cfg.iters_per_epoch, state.total_steps - state.epoch * cfg.iters_per_epoch)
+        budget_left = None if cfg.time_budget_s is None else cfg.time_budget_s - state.elapsed_s
+        cut = False
         for i, batch in enumerate(self.train_batches(state.epoch)):
             if i >= steps:
                 break
             losses.append(self._step(batch))
             bar.advance(task)
+            # checked after every step, so a budget shorter than an epoch (the first one's length is unknown until
+            # it ends) or an epoch slower than the last one stops within a step of the budget; rank 0 decides
+            if budget_left is not None and i + 1 < steps and self.dist.agree(
+                    time.perf_counter() - start >= budget_left, self.device):
+                cut = True
+                break
         train_s = time.perf_counter() - start
+        steps = len(losses)
         val, val_box = self.validate()
         epoch_s = time.perf_counter() - start
         if val is not None:
@@ -268,7 +286,7 @@ class Trainer:
         samples = steps * cfg.batch_size * self.dist.world_size
         return EpochRecord(state.epoch - 1, float(np.mean(losses)) if losses else float("nan"), val, val_box,
                            state.ema_dice, self.optimizer.param_groups[0]["lr"], epoch_s, samples / max(train_s, 1e-9),
-                           _peak_mib(self.device))
+                           _peak_mib(self.device), steps, cut)
 
     def _log(self, entry: dict) -> None:
         """Append one JSON line to ``training_log.jsonl`` (the file is rewritten atomically: never half a line)."""

@@ -175,7 +175,9 @@ def test_checkpoint_errors_are_one_line(roots, dataset):
 
 
 def test_two_cpu_processes_keep_identical_weights(roots, dataset):
-    result = runner.invoke(app, ["train", "-d", dataset, "--gpus", "2", "--device", "cpu", *TINY])
+    # under a budget every step also asks rank 0 whether the budget is spent (a broadcast each rank must join)
+    result = runner.invoke(app, ["train", "-d", dataset, "--gpus", "2", "--device", "cpu", "--time-budget", "600",
+                                 *TINY])
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in (_fold(roots) / "training_log.jsonl").read_text().splitlines()]
     assert {"ranks": 2, "ranks_identical": True} in lines
@@ -183,13 +185,30 @@ def test_two_cpu_processes_keep_identical_weights(roots, dataset):
     assert payload["state"]["step"] == 4  # every rank took the same 2 × 2 steps
 
 
-def test_time_budget_fits_the_schedule_to_the_time(roots, dataset):
-    result = runner.invoke(app, ["train", "-d", dataset, "--time-budget", "0.01", *TINY[:1], "5", *TINY[2:]])
+def test_a_budget_shorter_than_an_epoch_stops_inside_it(roots, dataset):
+    # 0.01 s is spent by the first step: the first epoch (4 steps, whose length is not known before it ends) stops
+    # there instead of running to its end; the schedule ends where training did
+    result = runner.invoke(app, ["train", "-d", dataset, "--time-budget", "0.01", "--epochs", "5",
+                                 "--iters-per-epoch", "4", *TINY[4:]])
     assert result.exit_code == 0, result.output
+    assert "time budget reached during epoch 0 (1 of 4 steps)" in result.output
     state = torch.load(_fold(roots) / "checkpoint_final.pt", weights_only=True)["state"]
-    assert state["epoch"] == 1 and state["total_steps"] == 2  # one 2-step epoch fits, not five
+    assert (state["epoch"], state["step"], state["total_steps"]) == (1, 1, 1)
+    log = [json.loads(x) for x in (_fold(roots) / "training_log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["steps"], r["cut"]) for r in log] == [(0, 1, True)]
     config = json.loads((_fold(roots) / "config.json").read_text())
     assert config["time_budget_s"] == 0.01 and config["epochs"] == 5
+    assert (_fold(roots) / "validation" / "summary.json").is_file()
+    again = runner.invoke(app, ["train", "-d", dataset, "--time-budget", "0.01", "--epochs", "5",
+                                "--iters-per-epoch", "4", *TINY[4:]])
+    assert again.exit_code == 0 and "skipped" in again.output  # a run the budget ended is a finished run
+
+
+def test_a_budget_that_holds_whole_epochs_ends_at_an_epoch_boundary(roots, dataset):
+    result = runner.invoke(app, ["train", "-d", dataset, "--time-budget", "600", *TINY])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(x) for x in (_fold(roots) / "training_log.jsonl").read_text().splitlines()]
+    assert [(r["steps"], r["cut"]) for r in log] == [(2, False), (2, False)]  # --epochs 2 caps it
 
 
 def test_the_budget_is_refitted_from_the_latest_epoch():
