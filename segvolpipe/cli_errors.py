@@ -4,7 +4,6 @@ from a path the system refuses (``OSError``), or from click's own option parsing
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Callable
@@ -13,6 +12,8 @@ from typing import Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
+
+from segvolpipe.errors import did_you_mean
 
 STATE = {"verbose": False}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,8 +45,7 @@ def _did_you_mean(message: str, param: Any) -> str:
     choices = getattr(getattr(param, "type", None), "choices", None) or (
         list(descriptor) if isinstance(descriptor, type) and issubclass(descriptor, Enum) else [])
     names = [str(c.value if isinstance(c, Enum) else c) for c in choices]
-    close = difflib.get_close_matches(found.group(1), names, n=1, cutoff=0.5) if found else []
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(found.group(1), names, cutoff=0.5) if found else ""
 
 
 def fail(lines: list[str], hint: str | None = None) -> None:

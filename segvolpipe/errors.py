@@ -39,6 +39,14 @@ class Problems(UserError):
         return [p.line() for p in self.problems]
 
 
+def did_you_mean(value: object, choices: Sequence[str], cutoff: float = 0.6) -> str:
+    """``; did you mean 'x'?`` for the choice closest to ``value`` (difflib's ratio at least ``cutoff``), else ``""``.
+
+    The one hint every "unknown value" message of the package (options, CLI choices, prompt names) carries."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
     """Return ``value`` when it is one of ``allowed``, else raise a "did you mean" :class:`UserError`.
 
@@ -46,7 +54,5 @@ def check_choice(value: str, allowed: Sequence[str], what: str) -> str:
     """
     if value in allowed:
         return value
-    choices = ", ".join(allowed)
-    close = difflib.get_close_matches(str(value).lower(), list(allowed), n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"unknown {what} {value!r} (choose from {choices}){hint}")
+    hint = did_you_mean(str(value).lower(), allowed, cutoff=0.4)
+    raise UserError(f"unknown {what} {value!r} (choose from {', '.join(allowed)}){hint}")

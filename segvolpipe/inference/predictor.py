@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segvolpipe.errors import UserError
+from segvolpipe.errors import UserError, did_you_mean
 from segvolpipe.inference.model_folder import FoldModel, check_fits_folder, load_fold_models
 from segvolpipe.inference.prompts import Target, UserPrompt, locate
 from segvolpipe.inference.sliding import predict_targets, predict_unet
@@ -144,10 +144,7 @@ class Predictor:
     def _text_index(self, text: str) -> int:
         index = self.spec.text_index(text)
         if index is None:
-            import difflib
-
-            close = difflib.get_close_matches(normalise_label_name(text), list(self.spec.vocabulary), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(normalise_label_name(text), self.spec.vocabulary)
             raise UserError(f"the model knows no target named {text!r} (it knows: "
                             f"{', '.join(self.spec.vocabulary)}){hint}")
         return index

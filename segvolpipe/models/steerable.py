@@ -33,7 +33,6 @@ in plain torch (same maths); the result is an ordinary ``nn.Module``.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 
@@ -42,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from escnn import gspaces
 from escnn import nn as enn
+
+from segvolpipe.errors import did_you_mean
 
 __all__ = ["FIELD_TYPES", "SteerableConv3d", "SteerablePatchEmbedding", "invariance_axes"]
 
@@ -153,8 +154,8 @@ class SteerablePatchEmbedding(torch.nn.Module):
         super().__init__()
         img_size, patch_size = tuple(int(s) for s in img_size), tuple(int(p) for p in patch_size)
         if field_type not in FIELD_TYPES:
-            close = difflib.get_close_matches(str(field_type), FIELD_TYPES, n=1, cutoff=0.0)
-            raise ValueError(f"unknown field_type {field_type!r}; did you mean {close[0]!r}? (one of {FIELD_TYPES})")
+            raise ValueError(f"unknown field_type {field_type!r}{did_you_mean(field_type, FIELD_TYPES, cutoff=0.0)} "
+                             f"(one of {FIELD_TYPES})")
         if len(img_size) != 3 or len(patch_size) != 3:
             raise ValueError(f"img_size {img_size} and patch_size {patch_size} must have three entries (Z, Y, X)")
         for name, value in [("in_channels", in_channels), ("hidden_size", hidden_size), ("channels", channels),

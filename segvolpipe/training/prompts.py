@@ -18,7 +18,6 @@ tensors and each row's class; the trainer builds the targets on its device with 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from segvolpipe.errors import did_you_mean
 from segvolpipe.models.prompt_encoder import Prompts
 
 COMBOS = ("points+text", "box+text", "text", "box", "points", "box+points")
@@ -71,8 +71,7 @@ class PromptOptions:
     def __post_init__(self) -> None:
         for combo in self.combos:
             if combo not in COMBOS:
-                close = difflib.get_close_matches(combo, COMBOS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(COMBOS)}"
+                hint = did_you_mean(combo, COMBOS) or f"; choose from {', '.join(COMBOS)}"
                 raise ValueError(f"unknown prompt combination {combo!r}{hint}")
         if not self.allowed:
             raise ValueError(f"no prompt combination left from {self.combos} with text={self.text}")
