@@ -1,10 +1,11 @@
 """nnU-Net-like data augmentation with batchgenerators, applied to one sample at a time.
 
 Arrays are in the canonical preprocessed layout ``(z, y, x)``: axis 0 is the patient's longitudinal
-(superior) axis. batchgenerators' :class:`SpatialTransform` rotates the sampling grid with
-``rotate_coords_3d``; its ``angle_x`` matrix leaves coordinate 0 unchanged, so **``angle_x`` rotates
-about array axis 0** (the longitudinal axis: every axial slice keeps its content), ``angle_y`` about
-axis 1 and ``angle_z`` about axis 2 (checked by ``tests/training/test_data.py``).
+(superior) axis. Rotation and scaling are :class:`RotateScaleCrop`, which draws and turns as batchgenerators'
+:class:`SpatialTransform` (``rotate_coords_3d``) and resamples with torch (tested against it). That matrix's
+``angle_x`` leaves coordinate 0 unchanged, so **``angle_x`` rotates about array axis 0** (the longitudinal axis:
+every axial slice keeps its content), ``angle_y`` about axis 1 and ``angle_z`` about axis 2 (checked by
+``tests/training/test_data.py``). Noise, brightness, contrast and gamma are batchgenerators' transforms.
 
 batchgenerators draws from numpy's *global* random state, and its Gaussian noise draws the variance
 from the standard library's :mod:`random`; :func:`augment` seeds both from the sample's own generator
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from batchgenerators.transforms.abstract_transforms import Compose
+import torch
+import torch.nn.functional as F
+from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
 from batchgenerators.transforms.color_transforms import (
     BrightnessMultiplicativeTransform,
     ContrastAugmentationTransform,
@@ -66,19 +69,96 @@ def rotation_range(rotation_aug: bool) -> RotationRange:
     return WIDE_ROTATION if rotation_aug else DEFAULT_ROTATION
 
 
-def spatial_transform(
-    input_size: tuple[int, int, int],
-    rotation: RotationRange,
-    scale_probability: float = SCALE_PROBABILITY,
-) -> SpatialTransform:
-    """Rotation + scaling (no elastic deformation), centre crop to ``input_size``.
+class RotateScaleCrop(AbstractTransform):
+    """Rotation and scaling about the block's centre, then the centre crop to ``input_size`` (no elastic deformation).
 
-    Image: trilinear, as nnU-Net v2 samples it now (batchgeneratorsv2's spatial transform is ``grid_sample``); a cubic
-    spline (batchgenerators' default, order 3) tripled the mean CPU cost of a 3d_lite U-Net sample (0.028 s against
-    0.0094 s, ``benchmarks/bench_unet_step.py``), and the loader shares the training process's cores. Edge values repeated (callers pad with each
-    channel's minimum beforehand).
-    Segmentation channels: nearest neighbour, constant border 0, so no label is ever interpolated.
+    What batchgenerators' :class:`SpatialTransform` does with these settings (:func:`batchgenerators_spatial`), drawn
+    the same way: the same values from numpy's global state in the same order, so the transforms after it see the
+    same random stream and a sample that is neither rotated nor scaled is the same centre crop. The others are
+    resampled with torch's ``grid_sample`` on a grid built from the 3×3 matrix: the image trilinear
+    with edge values repeated (callers pad with each channel's minimum beforehand), as nnU-Net v2 samples it now
+    (batchgeneratorsv2's spatial transform is ``grid_sample``); segmentation channels nearest neighbour with 0
+    outside, so no label is ever interpolated (within half a voxel beyond the block's edge voxels the edge's label
+    where scipy gives 0; the block is sized so that the ranges drawn rarely reach it). batchgenerators builds a float64 coordinate mesh of the whole output
+    for every sample, moved or not, and interpolates each channel with scipy's ``map_coordinates`` from a float64 copy:
+    a 32×256×256 sample cost 0.26 s on one core, the GPU loader's limit.
     """
+
+    def __init__(self, input_size: tuple[int, int, int], rotation: RotationRange,
+                 scale_probability: float = SCALE_PROBABILITY, scale: tuple[float, float] = SCALE_RANGE) -> None:
+        self.input_size = tuple(int(v) for v in input_size)
+        self.rotation, self.scale_probability, self.scale = rotation, float(scale_probability), scale
+
+    def draw(self) -> np.ndarray | None:
+        """The matrix ``A`` taking output coordinates (about the output's centre, row ``(z, y, x)``) to input
+        coordinates about the block's centre (``p = A c``), or None when the sample is neither rotated nor scaled."""
+        matrix = None
+        rot = self.rotation
+        if rot.probability > 0 and np.random.uniform() < rot.probability:
+            angles = []
+            for low, high in rot.angles():
+                np.random.uniform()  # batchgenerators' per-axis draw (p_rot_per_axis = 1: every axis turns)
+                angles.append(np.random.uniform(low, high))
+            matrix = _rotation_matrix(*angles).T
+        if self.scale_probability > 0 and np.random.uniform() < self.scale_probability:
+            low, high = self.scale
+            if np.random.random() < 0.5 and low < 1:
+                factor = np.random.uniform(low, 1)
+            else:
+                factor = np.random.uniform(max(low, 1), high)
+            matrix = (np.eye(3) if matrix is None else matrix) * factor
+        return matrix
+
+    def __call__(self, **data_dict: np.ndarray) -> dict[str, np.ndarray]:
+        data, seg = data_dict["data"], data_dict.get("seg")
+        out_data = np.empty((*data.shape[:2], *self.input_size), np.float32)
+        out_seg = None if seg is None else np.empty((*seg.shape[:2], *self.input_size), np.float32)
+        for b in range(data.shape[0]):
+            matrix = self.draw()
+            if matrix is None:
+                inner = tuple(slice((n - p) // 2, (n - p) // 2 + p) for n, p in
+                              zip(data.shape[2:], self.input_size, strict=True))
+                out_data[b] = data[(b, slice(None), *inner)]
+                if seg is not None:
+                    out_seg[b] = seg[(b, slice(None), *inner)]
+                continue
+            grid = self._grid(matrix, data.shape[2:])
+            out_data[b] = F.grid_sample(_tensor(data[b]), grid, mode="bilinear", padding_mode="border",
+                                        align_corners=True)[0].numpy()
+            if seg is not None:
+                out_seg[b] = F.grid_sample(_tensor(seg[b]), grid, mode="nearest", padding_mode="zeros",
+                                           align_corners=True)[0].numpy()
+        data_dict["data"] = out_data
+        if seg is not None:
+            data_dict["seg"] = out_seg
+        return data_dict
+
+    def _grid(self, matrix: np.ndarray, block: tuple[int, ...]) -> torch.Tensor:
+        """``grid_sample``'s grid ``[1, *input_size, 3]`` for ``p = A c``: normalised input coordinates (``align_corners``:
+        −1 and 1 are the first and last voxel centres) in its ``(x, y, z)`` order. Each is a sum of three
+        per-axis terms, broadcast (``affine_grid``'s matrix product over every voxel took 6× as long)."""
+        scaled = matrix / (np.maximum(np.asarray(block, float) - 1, 1) / 2)[:, None]
+        axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in self.input_size]
+        grid = torch.empty(1, *self.input_size, 3)
+        for k, row in enumerate(scaled[::-1]):  # the input's x, y, z
+            along_z = axes[0].view(-1, 1, 1) * float(row[0])
+            along_y = axes[1].view(1, -1, 1) * float(row[1])
+            torch.add(along_z + along_y, axes[2].view(1, 1, -1) * float(row[2]), out=grid[0, ..., k])
+        return grid
+
+
+def _tensor(channels: np.ndarray) -> torch.Tensor:
+    """``[C, Z, Y, X]`` → a float32 ``[1, C, Z, Y, X]`` tensor sharing the array's memory where it can (a read-only
+    array, e.g. a memory map, is copied: torch tensors are writable)."""
+    array = np.ascontiguousarray(channels, np.float32)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())[None]
+
+
+def batchgenerators_spatial(input_size: tuple[int, int, int], rotation: RotationRange,
+                            scale_probability: float = SCALE_PROBABILITY) -> SpatialTransform:
+    """batchgenerators' :class:`SpatialTransform` set up as :class:`RotateScaleCrop` (the reference its tests and
+    ``benchmarks/bench_unet_step.py`` compare it with): image order 1 with edge values repeated, segmentation order 0
+    with 0 outside, centred."""
     angle_x, angle_y, angle_z = rotation.angles()
     return SpatialTransform(
         patch_size=tuple(input_size),
@@ -136,14 +216,15 @@ def _rotation_matrix(a0: float, a1: float, a2: float) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def build_transforms(input_size: tuple[int, int, int], rotation_aug: bool) -> Compose:
-    """The batchgenerators pipeline: spatial, Gaussian noise, brightness, contrast, gamma (inverted and not).
+    """The pipeline: rotation and scaling (:class:`RotateScaleCrop`), then batchgenerators' Gaussian noise,
+    brightness, contrast and gamma (inverted and not).
 
     Probabilities follow nnU-Net's defaults (noise 0.1, multiplicative brightness 0.15, contrast 0.15,
     inverted gamma 0.1, gamma 0.3). Mirroring follows in :func:`augment` (it must know the labels' sides).
     """
     return Compose(
         [
-            spatial_transform(input_size, rotation_range(rotation_aug)),
+            RotateScaleCrop(input_size, rotation_range(rotation_aug)),
             GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_sample=0.1),
             BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
             ContrastAugmentationTransform(p_per_sample=0.15),

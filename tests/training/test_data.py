@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from segvolpipe.errors import UserError
 from segvolpipe.training.augment import (
     WIDE_ROTATION,
+    RotateScaleCrop,
     RotationRange,
     augment,
+    batchgenerators_spatial,
     rotation_range,
     source_size,
-    spatial_transform,
 )
 from segvolpipe.training.data import CaseStore, SamplingOptions, make_sample
 from segvolpipe.training.loader import TrainingLoader
@@ -219,7 +220,7 @@ def test_rotation_aug_turns_about_the_longitudinal_axis_0() -> None:
     def rotate(volume: np.ndarray, rotation: RotationRange) -> np.ndarray:
         np.random.seed(0)
         vol = volume[None, None].copy()
-        return spatial_transform(size, rotation, scale_probability=0.0)(data=vol, seg=vol.copy())["seg"][0, 0]
+        return RotateScaleCrop(size, rotation, scale_probability=0.0)(data=vol, seg=vol.copy())["seg"][0, 0]
 
     a = np.pi / 3
     for bar in (along_x, along_y):
@@ -230,6 +231,38 @@ def test_rotation_aug_turns_about_the_longitudinal_axis_0() -> None:
     assert rotate(along_y, RotationRange(0.0, 0.0, a, 1.0))[10:].sum() > 0  # angle_z too
     assert rotation_range(True) == WIDE_ROTATION and WIDE_ROTATION.about_axis0 == pytest.approx(np.pi / 2)
     assert WIDE_ROTATION.angles()[0] == (-np.pi / 2, np.pi / 2) and WIDE_ROTATION.angles()[1] == (-0.1, 0.1)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_rotate_scale_crop_is_batchgenerators_spatial_transform_resampled_with_torch(wide: bool) -> None:
+    """Same draws from numpy's global stream (what follows sees the same numbers), the same centre crop when nothing
+    moves, and within float32 rounding of batchgenerators' map_coordinates when the sample turns or scales."""
+    size = (12, 24, 20)
+    block = source_size(size, wide)
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.meshgrid(*(np.linspace(-1, 1, n) for n in block), indexing="ij")
+    data = np.stack([np.sin(3 * zz) + np.cos(4 * yy) * xx, rng.normal(size=block)]).astype(np.float32)[None]
+    seg = np.stack([(zz**2 + yy**2 + xx**2 < 0.5) + (np.abs(xx - 0.3) < 0.1) * 2.0,
+                    rng.integers(-1, 40, block)]).astype(np.float32)[None]
+    rotation = rotation_range(wide)
+    ours, reference = RotateScaleCrop(size, rotation, 0.5), batchgenerators_spatial(size, rotation, 0.5)
+    moved = kept = 0
+    for seed in range(24):
+        outs = []
+        for transform in (ours, reference):
+            np.random.seed(seed)
+            out = transform(data=data.copy(), seg=seg.copy())
+            outs.append((out["data"], out["seg"], np.random.random()))
+        (a, a_seg, a_next), (b, b_seg, b_next) = outs
+        assert a.dtype == a_seg.dtype == np.float32 and a.shape == (1, 2, *size) and a_seg.shape == (1, 2, *size)
+        assert a_next == b_next  # the same numbers were drawn
+        if np.array_equal(a, b) and np.array_equal(a_seg, b_seg):
+            kept += 1
+            continue
+        moved += 1
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        assert (a_seg == b_seg).mean() > 0.999 and set(np.unique(a_seg)) <= set(np.unique(seg))
+    assert moved >= 5 and kept >= 3
 
 
 def test_source_size_leaves_room_for_rotation() -> None:
