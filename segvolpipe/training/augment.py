@@ -75,13 +75,15 @@ class RotateScaleCrop(AbstractTransform):
     What batchgenerators' :class:`SpatialTransform` does with these settings (:func:`batchgenerators_spatial`), drawn
     the same way: the same values from numpy's global state in the same order, so the transforms after it see the
     same random stream and a sample that is neither rotated nor scaled is the same centre crop. The others are
-    resampled with torch's ``grid_sample`` on a grid built from the 3×3 matrix: the image trilinear
-    with edge values repeated (callers pad with each channel's minimum beforehand), as nnU-Net v2 samples it now
-    (batchgeneratorsv2's spatial transform is ``grid_sample``); segmentation channels nearest neighbour with 0
-    outside, so no label is ever interpolated (within half a voxel beyond the block's edge voxels the edge's label
-    where scipy gives 0; the block is sized so that the ranges drawn rarely reach it). batchgenerators builds a float64 coordinate mesh of the whole output
-    for every sample, moved or not, and interpolates each channel with scipy's ``map_coordinates`` from a float64 copy:
-    a 32×256×256 sample cost 0.26 s on one core, the GPU loader's limit.
+    resampled with torch's ``grid_sample`` on a grid built from the 3×3 matrix: the image trilinear with edge values
+    repeated (callers pad with each channel's minimum beforehand), as nnU-Net v2 samples it now (batchgeneratorsv2's
+    spatial transform is ``grid_sample``); segmentation channels nearest neighbour with 0 outside, so no label is
+    ever interpolated (within half a voxel beyond the block's edge voxels: the edge's label, where scipy gives 0;
+    the block is sized so that the ranges drawn rarely reach it).
+
+    batchgenerators builds a float64 coordinate mesh of the whole output for every sample, moved or not, and
+    interpolates each channel with scipy's ``map_coordinates`` from a float64 copy: a 32×256×256 sample cost 0.26 s
+    on one core, the GPU loader's limit.
     """
 
     def __init__(self, input_size: tuple[int, int, int], rotation: RotationRange,
@@ -134,9 +136,9 @@ class RotateScaleCrop(AbstractTransform):
         return data_dict
 
     def _grid(self, matrix: np.ndarray, block: tuple[int, ...]) -> torch.Tensor:
-        """``grid_sample``'s grid ``[1, *input_size, 3]`` for ``p = A c``: normalised input coordinates (``align_corners``:
-        −1 and 1 are the first and last voxel centres) in its ``(x, y, z)`` order. Each is a sum of three
-        per-axis terms, broadcast (``affine_grid``'s matrix product over every voxel took 6× as long)."""
+        """``grid_sample``'s grid ``[1, *input_size, 3]`` for ``p = A c``: normalised input coordinates
+        (``align_corners``: −1 and 1 are the first and last voxel centres) in its ``(x, y, z)`` order. Each is a sum
+        of three per-axis terms, broadcast (``affine_grid``'s matrix product over every voxel took 6× as long)."""
         scaled = matrix / (np.maximum(np.asarray(block, float) - 1, 1) / 2)[:, None]
         axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2 for n in self.input_size]
         grid = torch.empty(1, *self.input_size, 3)
