@@ -71,7 +71,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     loader = TrainingLoader(part.store, part.train, part.sampling, config.seed, args.np,
-                            prompts=prompt_samplers(config)[0])
+                            prompts=prompt_samplers(config)[0], pin_memory=device.type == "cuda")  # as the trainer
     # 1. the loader alone (the first batch pays for the workers' start-up)
     it = loader.epoch(0, args.steps + 1)
     batches = [next(it)]

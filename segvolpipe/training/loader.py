@@ -106,11 +106,14 @@ class TrainingLoader:
         more: Further sources (a universal model's other datasets): each batch then comes from one source, drawn
             by :func:`~segvolpipe.training.universal.step_source`, and carries its index as ``source``.
         prompts: The first source's prompt sampler (see :attr:`TrainingSource.prompts`).
+        pin_memory: Hand batches over in page-locked memory (for a CUDA device: the trainer's ``non_blocking``
+            copies are then asynchronous, as nnU-Net's loader does it).
     """
 
     def __init__(
         self, store: CaseStore, case_ids: Sequence[str], options: SamplingOptions, seed: int, workers: int = 2,
         weight: float = 1.0, more: Sequence[TrainingSource] = (), prompts: PromptSampler | None = None,
+        pin_memory: bool = False,
     ) -> None:
         sources = (TrainingSource(store, tuple(case_ids), options, weight, prompts), *more)
         for source in sources:
@@ -126,6 +129,7 @@ class TrainingLoader:
             prefetch_factor=2 if self.workers > 0 else None,
             persistent_workers=self.workers > 0,
             worker_init_fn=_worker_init if self.workers > 0 else None,
+            pin_memory=pin_memory,
         )
 
     def epoch(

@@ -331,7 +331,8 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     first_prompts, *more_prompts = prompt_samplers(config)
     loader = TrainingLoader(first.store, first.train, first.sampling, config.seed, config.workers, first.weight,
                             [TrainingSource(p.store, tuple(p.train), p.sampling, p.weight, sampler)
-                             for p, sampler in zip(more, more_prompts, strict=True)], first_prompts)
+                             for p, sampler in zip(more, more_prompts, strict=True)], first_prompts,
+                            pin_memory=device.type == "cuda")
     val_batches = []
     for index, part in enumerate(parts):
         if part.val:
