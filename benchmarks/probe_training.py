@@ -24,7 +24,7 @@ from segvolpipe.training.data import CaseStore
 from segvolpipe.training.loader import TrainingLoader
 from segvolpipe.training.parts import fold_cases
 from segvolpipe.training.stage import TrainOptions, build_config
-from segvolpipe.training.trainer import Distributed, FoldFiles, Trainer
+from segvolpipe.training.trainer import Distributed, FoldFiles, Trainer, prompt_samplers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _prompt_eval import combo_dice  # noqa: E402
@@ -77,7 +77,7 @@ for n, q in model.named_parameters():
         q.requires_grad_(False)
 pf = pre / "pseudomasks" / a.config
 store = CaseStore(pre / a.config, train_cases + val_cases, pf if s.pseudo_masks and pf.is_dir() else None)
-loader = TrainingLoader(store, train_cases, s, cfg.seed, 1)
+loader = TrainingLoader(store, train_cases, s, cfg.seed, 1, prompts=prompt_samplers(cfg)[0])  # as the trainer
 vo = replace(cfg.sampling, augment=False, zoom_out_probability=0.0, pseudo_masks=False, oversample_foreground=0.5)
 val_batches = list(TrainingLoader(store, val_cases, vo, cfg.seed + 1, 0).epoch(0, a.val_batches))
 params = [q for q in model.parameters() if q.requires_grad]
@@ -140,9 +140,9 @@ if a.aux > 0 and promptable:  # the prototype auxiliary dense head (see the docs
 
     prompt_loss = tr._loss
 
-    def loss_with_aux(batch, generator):
-        loss = prompt_loss(batch, generator)
-        logits, label = aux_logits(stash["tokens"]), batch["label"]
+    def loss_with_aux(batch):
+        loss = prompt_loss(batch)
+        logits, label = aux_logits(stash["tokens"]), batch["label"].long()
         prob = logits.softmax(1)
         onehot = F.one_hot(label, logits.shape[1]).permute(0, 4, 1, 2, 3).float()
         inter, total = (prob * onehot).sum((2, 3, 4)), prob.sum((2, 3, 4)) + onehot.sum((2, 3, 4))
@@ -158,7 +158,7 @@ print(f"# {a.tag} {vars(a)}", flush=True)
 for step, batch in enumerate(it):
     if step >= a.steps:
         break
-    losses.append(tr._step(batch, 0, step))
+    losses.append(tr._step(batch))
     if (step + 1) % a.every == 0 or step + 1 == a.steps:
         m = val()
         mean = np.nanmean(list(m.values()))
