@@ -61,7 +61,7 @@ def main() -> None:
     cfg = build_config(plans, TrainOptions(variant="unet", configuration=args.configuration), "0", "cpu")
     train_cases, _ = fold_cases(pre, "0")
     store = CaseStore(pre / args.configuration, train_cases, None)
-    sampling = dataclasses.replace(cfg.sampling, pseudo_masks=False)
+    sampling = step_sampling = dataclasses.replace(cfg.sampling, pseudo_masks=False)  # the U-Net's patch
     if args.sample_variant != "unet":
         sampled = build_config(plans, TrainOptions(variant=args.sample_variant, configuration=args.configuration), "0",
                                "cpu")
@@ -75,7 +75,8 @@ def main() -> None:
         model = build_model(cfg.model).train()
         optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         rng = np.random.default_rng(0)
-        batch = [make_sample(store, train_cases[i % len(train_cases)], rng, sampling) for i in range(cfg.batch_size)]
+        batch = [make_sample(store, train_cases[i % len(train_cases)], rng, step_sampling)
+                 for i in range(cfg.batch_size)]
         image = torch.from_numpy(np.stack([b["image"] for b in batch]))
         label = torch.from_numpy(np.stack([b["label"] for b in batch]).astype(np.int64))
         cast = autocast(torch.device("cpu"), cfg.bf16 and native_bf16("cpu"))
