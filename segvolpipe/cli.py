@@ -15,6 +15,7 @@ from segvolpipe.cli_errors import STATE as _STATE
 from segvolpipe.cli_errors import Commands, handles_errors
 from segvolpipe.cli_errors import fail as _fail
 from segvolpipe.cli_options import (
+    Augmentation,
     Checkpoint,
     Coords,
     Denoise,
@@ -190,7 +191,8 @@ def train(
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Start from SegVol's released weights (3d_segvol).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from checkpoint_latest.pt exactly.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard an existing run of this fold.")] = False,
-    rotation_aug: Annotated[bool | None, typer.Option("--rotation-aug/--no-rotation-aug", help="Rotations over the rotation test's range (±90° about the longitudinal axis).")] = None,
+    augmentation: Annotated[Augmentation | None, typer.Option("--augmentation", help="full: nnU-Net's rotation, scaling, noise, brightness, contrast, gamma and mirroring; mirror: the mirroring alone; none (default: the plans', full).")] = None,
+    rotation_aug: Annotated[bool | None, typer.Option("--rotation-aug/--no-rotation-aug", help="Rotations over the rotation test's range (±90° about the longitudinal axis; full augmentation).")] = None,
     pseudo_masks: Annotated[bool | None, typer.Option("--pseudo-masks/--no-pseudo-masks", help="Pseudo-mask regions as extra prompts (default: when they exist).")] = None,
     gpus: Annotated[int, typer.Option("--gpus", help="Processes with torch.distributed (one per GPU; gloo CPU processes with --device cpu).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of weights, data and prompts.")] = 0,
@@ -207,6 +209,7 @@ def train(
         variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,
         iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=parse_duration(time_budget),
         device=device.value, init=init, lora=lora, pretrained=pretrained, resume=resume, overwrite=overwrite,
+        augmentation=None if augmentation is None else augmentation.value,
         rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress, bf16=bf16,
     )
     datasets = list(dataset or [])

@@ -42,6 +42,12 @@ class Variant(str, Enum):
     unet = "unet"
 
 
+class Augmentation(str, Enum):  # segvolpipe.planning.plans.AUGMENTATIONS
+    full = "full"
+    mirror = "mirror"
+    none = "none"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"

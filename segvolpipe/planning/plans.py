@@ -83,6 +83,10 @@ class UNetPlan:
             raise ValueError("kernel_sizes, strides and filters must have one entry per resolution level")
 
 
+#: Training augmentation levels (``TrainerPlan.augmentation``, ``segvol train --augmentation``).
+AUGMENTATIONS = ("full", "mirror", "none")
+
+
 @dataclass(frozen=True)
 class TrainerPlan:
     """Training defaults (every one overridable from ``segvol train``)."""
@@ -110,9 +114,20 @@ class TrainerPlan:
     # is never upside down or back to front; a U-Net trained 10 minutes with nnU-Net's all-axes mirroring reached
     # validation Dice 0.770, with this one 0.817 (BENCHMARKS.md, "Training"). [0, 1, 2] restores nnU-Net's.
     mirror_axes: tuple[int, ...] = (2,)
+    # what training samples go through: "full" (nnU-Net's rotation, scaling, noise, brightness, contrast and gamma,
+    # then the mirroring), "mirror" (the mirroring alone) or "none"; ten-minute CPU U-Nets fitted faster with less
+    # (BENCHMARKS.md, "Training"), the default stays nnU-Net's
+    augmentation: str = "full"
 
     def __post_init__(self) -> None:
         check_mirror_axes(self.mirror_axes)
+        check_augmentation(self.augmentation)
+
+
+def check_augmentation(name: str) -> None:
+    """``name`` is one of :data:`AUGMENTATIONS`; ValueError otherwise."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {name!r}")
 
 
 def check_mirror_axes(axes: tuple[int, ...]) -> None:

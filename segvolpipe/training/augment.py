@@ -249,9 +249,10 @@ def augment(
     rotation_aug: bool = False,
     label_mirror: tuple[int, ...] | None = None,
     mirror_axes: tuple[int, ...] = (0, 1, 2),
+    transforms: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Augment one sample and centre-crop it to ``input_size``, then mirror each of ``mirror_axes`` with
-    probability 0.5.
+    """Augment one sample and centre-crop it to ``input_size`` (with ``transforms``: rotation, scaling and the
+    intensity transforms of :func:`build_transforms`), then mirror each of ``mirror_axes`` with probability 0.5.
 
     Mirroring axis 2 (the patient's left–right axis) turns a left structure into a right one: with
     ``label_mirror`` the segmentation values ``v`` in ``0..K`` become ``label_mirror[v]`` then (``"left kidney"`` ↔
@@ -265,6 +266,7 @@ def augment(
         rotation_aug: Use :data:`WIDE_ROTATION` instead of :data:`DEFAULT_ROTATION`.
         label_mirror: Label values after a left–right mirror (see :meth:`ModelSpec.label_mirror`), or None.
         mirror_axes: The axes that may be mirrored (0, 1, 2 = z, y, x).
+        transforms: Run :func:`build_transforms` before the mirroring; False: the centre crop is mirrored alone.
 
     Returns:
         ``image`` float32 ``[C, *input_size]`` and ``seg`` float32 ``[S, *input_size]`` holding only
@@ -273,11 +275,15 @@ def augment(
     seed = int(rng.integers(0, 2**32))
     np.random.seed(seed)
     random.seed(seed)  # GaussianNoiseTransform draws its variance with random.uniform
-    out = build_transforms(tuple(input_size), bool(rotation_aug))(
-        data=np.ascontiguousarray(image[None], dtype=np.float32),
-        seg=np.ascontiguousarray(seg[None], dtype=np.float32),
-    )
-    image, seg = np.asarray(out["data"][0], dtype=np.float32), np.asarray(out["seg"][0], dtype=np.float32)
+    if transforms:
+        out = build_transforms(tuple(input_size), bool(rotation_aug))(
+            data=np.ascontiguousarray(image[None], dtype=np.float32),
+            seg=np.ascontiguousarray(seg[None], dtype=np.float32),
+        )
+        image, seg = np.asarray(out["data"][0], dtype=np.float32), np.asarray(out["seg"][0], dtype=np.float32)
+    else:
+        inner = tuple(slice((n - p) // 2, (n - p) // 2 + p) for n, p in zip(image.shape[1:], input_size, strict=True))
+        image, seg = image[(slice(None), *inner)], seg[(slice(None), *inner)]
     # one draw per axis whichever axes may flip, so a sample's other random choices do not depend on them
     flips = tuple(a for a in range(3) if np.random.uniform() < 0.5 and a in mirror_axes)
     if flips:

@@ -12,7 +12,7 @@ from typing import Any
 
 from segvolpipe.config import from_stamped_json, to_jsonable
 from segvolpipe.models.spec import ModelSpec
-from segvolpipe.planning.plans import Plans
+from segvolpipe.planning.plans import Plans, check_augmentation
 from segvolpipe.training.data import SamplingOptions
 from segvolpipe.training.prompts import PromptOptions
 from segvolpipe.training.universal import UniversalPlan
@@ -129,7 +129,8 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
     sampling = SamplingOptions(input_size=input_size, batch_size=trainer.batch_size,
                                oversample_foreground=trainer.oversample_foreground,
                                zoom_out_probability=0.0 if unet else trainer.zoom_out_probability,
-                               label_mirror=spec.label_mirror(), mirror_axes=trainer.mirror_axes)
+                               label_mirror=spec.label_mirror(), mirror_axes=trainer.mirror_axes,
+                               **augmentation_fields(trainer.augmentation))
     prompts = PromptOptions(max_prompts=trainer.max_prompts_per_sample + 2, box_jitter=trainer.box_jitter_voxels,
                             pseudo_weight=trainer.pseudo_mask_weight)
     config = TrainConfig(
@@ -140,6 +141,12 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
         bf16=trainer.bf16_on_cuda if overrides.get("device") == "cuda" else trainer.bf16_on_cpu,
     )
     return apply_overrides(config, **overrides)
+
+
+def augmentation_fields(name: str) -> dict[str, bool]:
+    """:class:`SamplingOptions` fields of an augmentation level (``full``, ``mirror``, ``none``)."""
+    check_augmentation(name)
+    return {"augment": name != "none", "transforms": name == "full"}
 
 
 def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:

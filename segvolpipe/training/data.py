@@ -37,7 +37,9 @@ class SamplingOptions:
             of a class drawn uniformly among the classes present in the case.
         zoom_out_probability: Probability of SegVol's zoom-out view: the whole case resized to ``input_size``.
         augment: Apply the augmentation of :mod:`segvolpipe.training.augment`.
-        rotation_aug: ±90° about the longitudinal axis instead of the small default rotations.
+        transforms: With ``augment``, nnU-Net's rotation, scaling, noise, brightness, contrast and gamma before the
+            mirroring; False: the mirroring alone (``segvol train --augmentation mirror``).
+        rotation_aug: ±90° about the longitudinal axis instead of the small default rotations (with ``transforms``).
         pseudo_masks: Return the pseudo-masks (zeros otherwise, or when a case has none).
         label_mirror: Label values after a left–right mirror (``ModelSpec.label_mirror``): lateral classes swap
             when augmentation mirrors across the body; None when no class has a side.
@@ -50,6 +52,7 @@ class SamplingOptions:
     oversample_foreground: float = 0.33
     zoom_out_probability: float = 0.25
     augment: bool = True
+    transforms: bool = True
     rotation_aug: bool = False
     pseudo_masks: bool = True
     label_mirror: tuple[int, ...] | None = None
@@ -57,6 +60,11 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         check_mirror_axes(self.mirror_axes)
+
+    @property
+    def transforming(self) -> bool:
+        """Whether samples are rotated, scaled and so on (then drawn from a block larger than the input)."""
+        return self.augment and self.transforms
 
 
 def _open(path: Path) -> np.ndarray:
@@ -218,14 +226,15 @@ def _crop_start(
 def _source(
     store: CaseStore, case: str, rng: np.random.Generator, options: SamplingOptions, zoom_out: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The block to augment: image float32 ``[C, *block]`` and ``seg`` float32 ``[2, *block]`` (label, then
-    pseudo-mask or 0), cropped straight into the float array the augmentation reads.
+    """The block to augment: image float32 ``[C, *block]`` and ``seg`` float32 ``[S, *block]`` (the label, then the
+    pseudo-mask when there is one: S = 2, else 1, so no all-zero channel is resampled), cropped straight into the
+    float array the augmentation reads.
 
-    ``block`` is the input size, or :func:`~segvolpipe.training.augment.source_size` when augmenting;
-    the input-sized view sits at its centre.
+    ``block`` is the input size, or :func:`~segvolpipe.training.augment.source_size` when the sample will be
+    rotated or scaled; the input-sized view sits at its centre.
     """
     size = tuple(int(v) for v in options.input_size)
-    block = source_size(size, options.rotation_aug) if options.augment else size
+    block = source_size(size, options.rotation_aug) if options.transforming else size
     image, label = store.image(case), store.label(case)
     pseudo = store.pseudo(case) if options.pseudo_masks else None
     if zoom_out:  # the whole case resized to the input size
@@ -244,11 +253,9 @@ def _source(
                 centre = voxels[int(rng.integers(len(voxels)))] + rng.integers(-offset, offset + 1)
         corner = _crop_start(rng, label.shape, size, centre)
     start = [c - (b - n) // 2 for c, b, n in zip(corner, block, size, strict=True)]
-    seg = np.empty((2, *block), np.float32)
+    seg = np.empty((1 if pseudo is None else 2, *block), np.float32)
     _crop(label, start, block, 0, out=seg[0])
-    if pseudo is None:
-        seg[1] = 0
-    else:
+    if pseudo is not None:
         _crop(pseudo, start, block, 0, out=seg[1])
     return _crop(image, start, block, store.channel_minima(case)).astype(np.float32, copy=False), seg
 
@@ -267,11 +274,12 @@ def make_sample(
     image, seg = _source(store, case, rng, options, zoom_out)
     if options.augment:
         size = tuple(int(v) for v in options.input_size)
-        image, seg = augment(image, seg, rng, size, options.rotation_aug, options.label_mirror, options.mirror_axes)
+        image, seg = augment(image, seg, rng, size, options.rotation_aug, options.label_mirror, options.mirror_axes,
+                             options.transforms)
         seg = np.rint(seg)
     return {
         "image": np.ascontiguousarray(image, dtype=np.float32),
         "label": seg[0].astype(np.int16),
-        "pseudo": seg[1].astype(np.int32),
+        "pseudo": seg[1].astype(np.int32) if len(seg) > 1 else np.zeros(seg.shape[1:], np.int32),
         "zoom_out": np.array(zoom_out),
     }

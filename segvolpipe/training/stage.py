@@ -23,7 +23,7 @@ from segvolpipe.models.spec import CT, ModelSpec, spec_from_plans
 from segvolpipe.paths import preprocessed_root, resolve_dataset, results_root
 from segvolpipe.planning.plans import Plans, load_plans
 from segvolpipe.training.checkpoint import check_same_spec, load_checkpoint
-from segvolpipe.training.config import FOLDS, TrainConfig, config_from_plans
+from segvolpipe.training.config import FOLDS, TrainConfig, augmentation_fields, config_from_plans
 from segvolpipe.training.parts import data_parts, data_splits
 from segvolpipe.training.trainer import Distributed, FoldFiles
 from segvolpipe.training.transfer import (
@@ -56,6 +56,7 @@ class TrainOptions:
     pretrained: str | None = None
     resume: bool = False
     overwrite: bool = False
+    augmentation: str | None = None  # full | mirror | none
     rotation_aug: bool | None = None
     pseudo_masks: bool | None = None
     gpus: int = 1
@@ -179,11 +180,17 @@ def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) ->
     epochs = options.epochs
     if epochs is None and options.time_budget_s is not None:
         epochs = BUDGET_EPOCH_CAP  # the budget decides: the schedule is fitted after the first epoch
+    augmentation = options.augmentation or plans.configuration(spec.configuration).trainer.augmentation
+    if options.rotation_aug and augmentation != "full":
+        source = "" if options.augmentation else " (the plans')"
+        raise UserError(f"--rotation-aug widens the rotations of the full augmentation, but the augmentation is "
+                        f"{augmentation!r}{source}: use --augmentation full")
     return config_from_plans(
         plans, spec, fold, epochs=epochs, iters_per_epoch=options.iters_per_epoch,
         batch_size=options.batch_size, lr=options.lr, time_budget_s=options.time_budget_s, seed=options.seed,
         device=device, workers=loader_workers(options.workers, device, options.gpus), init=options.init,
-        pretrained=options.pretrained, gpus=options.gpus,
+        pretrained=options.pretrained, gpus=options.gpus, **{f"sampling_{k}": v for k, v in
+                                                             augmentation_fields(augmentation).items()},
         sampling_rotation_aug=options.rotation_aug, sampling_pseudo_masks=options.pseudo_masks, bf16=options.bf16,
     )
 

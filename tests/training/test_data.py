@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,23 @@ def test_prompts_drawn_in_the_workers_are_those_the_trainer_drew_in_process(data
     assert pseudo_rows > 0  # pseudo-region prompts were drawn, and their targets compared too
 
 
+def test_mirror_only_augmentation_is_the_crop_or_its_mirror_with_the_sides_swapped(dataset: tuple[Path, Path]) -> None:
+    store = _store(dataset, ("a", "b"))
+    options = _options(zoom_out_probability=0.0, transforms=False, label_mirror=(0, 2, 1), mirror_axes=(2,))
+    flipped = 0
+    for seed in range(16):
+        case = ("a", "b")[seed % 2]
+        sample = make_sample(store, case, np.random.default_rng(seed), options)
+        crop = make_sample(store, case, np.random.default_rng(seed), replace(options, augment=False))
+        if np.array_equal(sample["image"], crop["image"]):
+            np.testing.assert_array_equal(sample["label"], crop["label"])
+            continue
+        flipped += 1
+        np.testing.assert_array_equal(sample["image"], crop["image"][..., ::-1])
+        np.testing.assert_array_equal(sample["label"], np.array([0, 2, 1], np.int16)[crop["label"][..., ::-1]])
+    assert 0 < flipped < 16
+
+
 def test_foreground_oversampling(dataset: tuple[Path, Path]) -> None:
     store = _store(dataset, ("tiny",))
     always = _options(oversample_foreground=1.0, zoom_out_probability=0.0, augment=False)
@@ -171,6 +189,25 @@ def test_foreground_oversampling(dataset: tuple[Path, Path]) -> None:
     assert all((make_sample(store, "tiny", r, always)["label"] > 0).any() for r in rngs)
     rngs = [np.random.default_rng(s) for s in range(40)]
     assert not all((make_sample(store, "tiny", r, never)["label"] > 0).any() for r in rngs)
+
+
+def test_without_pseudo_masks_a_sample_is_the_same_draw_with_a_zero_pseudo_map(dataset: tuple[Path, Path]) -> None:
+    """With pseudo-masks off only the label is augmented (no all-zero channel resampled); the random draws, and so
+    the image and label, are those of the same sample with pseudo-masks on."""
+    store = _store(dataset, ("a", "b"))
+    moved = 0
+    for seed in range(12):
+        case = ("a", "b")[seed % 2]
+        options = _options(zoom_out_probability=0.0, rotation_aug=True)
+        on = make_sample(store, case, np.random.default_rng(seed), options)
+        off = make_sample(store, case, np.random.default_rng(seed), replace(options, pseudo_masks=False))
+        np.testing.assert_array_equal(off["image"], on["image"])
+        np.testing.assert_array_equal(off["label"], on["label"])
+        assert off["pseudo"].dtype == np.int32 and off["pseudo"].shape == INPUT and not off["pseudo"].any()
+        assert on["pseudo"].any()
+        crop = make_sample(store, case, np.random.default_rng(seed), replace(options, augment=False))
+        moved += not np.array_equal(on["label"], crop["label"])
+    assert moved > 0  # some samples were rotated, scaled or mirrored
 
 
 def test_zoom_out_is_the_whole_case_resized(dataset: tuple[Path, Path]) -> None:

@@ -235,3 +235,28 @@ def test_loader_workers_default_follows_the_device(monkeypatch) -> None:
     assert loader_workers(None, "cuda", gpus=4) == 3
     monkeypatch.setattr(parallel, "default_workers", lambda: 2)
     assert loader_workers(None, "cuda") == 2
+
+
+def test_augmentation_levels_reach_the_config_and_the_wide_rotations_need_the_full_one(roots, dataset):
+    plans_path = roots["preprocessed"] / "Dataset011_Blobs" / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    assert plans["configurations"]["3d_lite"]["trainer"]["augmentation"] == "full"  # nnU-Net's, the default
+    result = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", "--augmentation", "mirror", *TINY])
+    assert result.exit_code == 0, result.output
+    sampling = json.loads((_fold(roots, "unet") / "config.json").read_text())["sampling"]
+    assert (sampling["augment"], sampling["transforms"]) == (True, False)
+
+    plans["configurations"]["3d_lite"]["trainer"]["augmentation"] = "none"  # a plans.json edited by hand
+    plans_path.write_text(json.dumps(plans))
+    result = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", "--overwrite", *TINY])
+    assert result.exit_code == 0, result.output
+    assert json.loads((_fold(roots, "unet") / "config.json").read_text())["sampling"]["augment"] is False
+
+    wide = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", "--rotation-aug", "--overwrite", *TINY])
+    assert wide.exit_code == 2 and "the augmentation is 'none' (the plans')" in wide.output
+    assert "use --augmentation full" in wide.output
+    wide = runner.invoke(app, ["train", "-d", dataset, "--variant", "unet", "--rotation-aug", "--augmentation",
+                               "mirror", "--overwrite", *TINY])
+    assert wide.exit_code == 2 and "the augmentation is 'mirror':" in wide.output
+    typo = runner.invoke(app, ["train", "-d", dataset, "--augmentation", "mirrors", *TINY])
+    assert typo.exit_code == 2 and "mirror" in typo.output
