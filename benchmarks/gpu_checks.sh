@@ -3,7 +3,7 @@
 # step time, throughput and peak memory in bf16 (and the largest training batch of 3d_segvol that fits),
 # then `segvol train` end to end on CUDA in bf16.
 #
-#   benchmarks/gpu_checks.sh OUT_DIR [diag|zoo|zoo-lite|zoo-segvol|train-segvol|train-lite|train-unet ...] [--budget 3m] [--np 14]
+#   benchmarks/gpu_checks.sh OUT_DIR [diag|zoo|zoo-lite|zoo-segvol|train-segvol|train-lite|train-lite-noaug|train-unet ...] [--budget 3m] [--np 14]
 #
 # Steps (default: zoo train-segvol):
 #   diag          benchmarks/diag_train_step.py: where a training step's time goes (3d_segvol with the profiler's
@@ -12,6 +12,7 @@
 #                 zoo-lite, zoo-segvol: one of them
 #   train-segvol  segvol train -c 3d_segvol (the plans' default on a GPU of >= 20 GB), --time-budget BUDGET
 #   train-lite    segvol train -c 3d_lite, --time-budget BUDGET
+#   train-lite-noaug  the same with --augmentation none (--overwrite: after train-lite, whose files are saved by then)
 #   train-unet    segvol train -c 3d_lite --variant unet, --time-budget BUDGET
 #
 # Needs the raw Dataset900_PhantomCT (`segvol make-phantoms -d 900`, as `make demo` makes it) under
@@ -33,7 +34,7 @@ while (($#)); do
 done
 ((${#steps[@]})) || steps=(zoo train-segvol)
 for step in "${steps[@]}"; do  # before minutes of preparation
-    [[ $step =~ ^(diag|zoo|zoo-lite|zoo-segvol|train-segvol|train-lite|train-unet)$ ]] || { echo "unknown step $step" >&2; exit 2; }
+    [[ $step =~ ^(diag|zoo|zoo-lite|zoo-segvol|train-segvol|train-lite|train-lite-noaug|train-unet)$ ]] || { echo "unknown step $step" >&2; exit 2; }
 done
 mkdir -p "$out"
 work=${GPU_CHECKS_WORK:-$(mktemp -d)}
@@ -74,6 +75,7 @@ for step in "${steps[@]}"; do
                 --configurations 3d_segvol --repeats 3 --batch 2 --max-batch --json "$out/zoo_segvol.json" ;;
         train-segvol) train train_segvol segvol 3d_segvol ;;
         train-lite) train train_lite segvol 3d_lite ;;
+        train-lite-noaug) train train_lite_noaug segvol 3d_lite --augmentation none --overwrite ;;
         train-unet) train train_unet unet 3d_lite ;;
     esac
 done
