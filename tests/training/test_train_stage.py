@@ -259,4 +259,11 @@ def test_augmentation_levels_reach_the_config_and_the_wide_rotations_need_the_fu
                                "mirror", "--overwrite", *TINY])
     assert wide.exit_code == 2 and "the augmentation is 'mirror':" in wide.output
     typo = runner.invoke(app, ["train", "-d", dataset, "--augmentation", "mirrors", *TINY])
-    assert typo.exit_code == 2 and "mirror" in typo.output
+    assert typo.exit_code == 2 and "did you mean 'mirror'?" in typo.output
+
+
+def test_the_command_lines_augmentation_choices_are_the_plans():
+    from segvolpipe.cli_options import Augmentation
+    from segvolpipe.planning.plans import AUGMENTATIONS
+
+    assert tuple(a.value for a in Augmentation) == AUGMENTATIONS
