@@ -9,9 +9,11 @@
   :class:`~segvolpipe.training.augment.RotateScaleCrop` (the same draws, resampled with torch), alternating.
 
 `--profile` also prints torch's profiler table (top operators by self CPU time) over 5 steps of each way.
+`--batch-size N` times steps of N images instead of the plans' batch; `--compile` also times the current step with
+the model under ``torch.compile`` (inductor; its first, compiling step is reported apart).
 
 `.venv/bin/python benchmarks/bench_unet_step.py -d 900 [--configuration 3d_lite] [--repeats 15] [--samples 200]
-[--profile] [--no-step] [--sample-variant unet|segvol]`
+[--profile] [--no-step] [--sample-variant unet|segvol] [--batch-size N] [--compile]`
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-step", action="store_true", help="time the samples only")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per timed step (default: the plans')")
+    parser.add_argument("--compile", action="store_true", help="also time the current step under torch.compile")
     parser.add_argument("--sample-variant", default="unet",
                         help="whose input the samples have: unet (its patch) or segvol (the ViT's input)")
     args = parser.parse_args()
@@ -75,8 +79,9 @@ def main() -> None:
         model = build_model(cfg.model).train()
         optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         rng = np.random.default_rng(0)
+        batch_size = args.batch_size or cfg.batch_size
         batch = [make_sample(store, train_cases[i % len(train_cases)], rng, step_sampling)
-                 for i in range(cfg.batch_size)]
+                 for i in range(batch_size)]
         image = torch.from_numpy(np.stack([b["image"] for b in batch]))
         label = torch.from_numpy(np.stack([b["label"] for b in batch]).astype(np.int64))
         cast = autocast(torch.device("cpu"), cfg.bf16 and native_bf16("cpu"))
@@ -89,6 +94,11 @@ def main() -> None:
         def native() -> tuple[torch.Tensor, ...]:
             return model(image)
 
+        compiled = torch.compile(model) if args.compile else None
+
+        def native_compiled() -> tuple[torch.Tensor, ...]:
+            return compiled(image)
+
         def step(forward) -> None:
             with cast():
                 out = forward()
@@ -98,16 +108,26 @@ def main() -> None:
             optimiser.step()
 
         times: dict[str, list[float]] = {"upsampled heads (before)": [], "heads at their resolution (now)": []}
+        forwards = [upsampled, native]
+        if compiled is not None:
+            start = time.perf_counter()
+            step(native_compiled)
+            print(f"step, now under torch.compile: first (compiling) step {time.perf_counter() - start:.1f} s")
+            times["heads at their resolution, torch.compile"] = []
+            forwards.append(native_compiled)
         for r in range(args.repeats + 1):
-            for name, forward in zip(times, (upsampled, native), strict=True):
+            for name, forward in zip(times, forwards, strict=True):
                 start = time.perf_counter()
                 step(forward)
                 if r:  # the first round warms up
                     times[name].append(time.perf_counter() - start)
-        before, now = (statistics.median(v) for v in times.values())
+        before, now = (statistics.median(times[name]) for name in list(times)[:2])
         for name, values in times.items():
             print(f"step, {name}: median {statistics.median(values):.3f} s over {len(values)}")
-        print(f"step ratio now / before: {now / before:.2f}x")
+        print(f"step ratio now / before: {now / before:.2f}x (batch {batch_size})")
+        if compiled is not None:
+            print(f"step ratio torch.compile / now: "
+                  f"{statistics.median(times['heads at their resolution, torch.compile']) / now:.2f}x")
         if args.profile:
             from torch.profiler import profile
 
