@@ -6,9 +6,10 @@ Two ways down:
 * ``resample`` (default): the one-hot maps resampled down (trilinear), back up, argmax: what resampling labels to a
   coarser training grid and predicting there costs.
 * ``fit``: for each class, the best binary logits on the coarse grid: fitted (Adam, ``--steps``, BCE + soft Dice)
-  so that, upsampled trilinearly and thresholded at 0.5, they match the mask. A model whose logits live on that grid
-  and are interpolated up (the promptable decoder's masks) cannot do better than this; e.g. ``--factor 1.55 3.04``
-  is that decoder's output (4× the token grid of 4×8×8 patches on the 3d_lite grid) against Dataset900's raw grid.
+  so that, upsampled trilinearly and thresholded at 0.5, they match the mask: what a model whose logits live on that
+  grid and are interpolated up (the promptable decoder's masks) can draw at least (the fit approaches the best from
+  below); e.g. ``--factor 1.55 3.04`` is that decoder's output (4× the token grid of 4×8×8 patches on the 3d_lite
+  grid) against Dataset900's raw grid.
 
 `.venv/bin/python benchmarks/diag_resolution.py --dataset Dataset900_PhantomCT --cases 6 [--factor Z XY ...]
 [--way resample|fit] [--steps 150]`
