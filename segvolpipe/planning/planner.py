@@ -43,7 +43,8 @@ SEGVOL_MIN_GPU_GB = 20.0
 # 1e-3 led in 4-minute CPU runs of an older model (val crop Dice 0.06 at 1e-4, 0.10 at 1e-3, 0.08 at 3e-3), but
 # over 10 minutes (Dataset900, fold 0, BENCHMARKS.md "Training") 3e-4 gives text-prompt Dice 0.283 / 0.484 against
 # 0.197 / 0.335 (nnU-Net's augmentation / none, seed 0), box + text the same or better (the demo's 6-minute run:
-# text 0.150 -> 0.193, box + text 0.575 -> 0.513: boxes come later at the lower rate).
+# text 0.150 -> 0.193, box + text 0.575 -> 0.513: boxes come later at the lower rate; at 1e-4, ten minutes give
+# text 0.282 but box + text 0.410).
 SEGVOL_LR = 1e-4
 LITE_LR = 3e-4
 
