@@ -184,6 +184,7 @@ def train(
     iters_per_epoch: Annotated[int | None, typer.Option("--iters-per-epoch", help="Optimiser steps per epoch.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step and process.")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    detail_lr: Annotated[float | None, typer.Option("--detail-lr", help="Peak learning rate of a promptable model's image path (3d_lite; default: the plans' unet_lr).")] = None,
     time_budget: Annotated[str | None, typer.Option("--time-budget", help="Stop after this long (600, 10m, 1.5h); the schedule is fitted to it.")] = None,
     device: Annotated[Device, typer.Option("--device", help="auto: CUDA when available.")] = Device.auto,
     init: Annotated[str | None, typer.Option("--init", help="Start from a results folder or checkpoint (so3/prior: default the trained segvol).")] = None,
@@ -207,7 +208,8 @@ def train(
 
     options = TrainOptions(
         variant=variant.value, configuration=configuration, folds=tuple(fold or ["0"]), epochs=epochs,
-        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, time_budget_s=parse_duration(time_budget),
+        iters_per_epoch=iters_per_epoch, batch_size=batch_size, lr=lr, detail_lr=detail_lr,
+        time_budget_s=parse_duration(time_budget),
         device=device.value, init=init, lora=lora, pretrained=pretrained, resume=resume, overwrite=overwrite,
         augmentation=None if augmentation is None else augmentation.value,
         rotation_aug=rotation_aug, pseudo_masks=pseudo_masks, gpus=gpus, seed=seed, workers=np_, progress=progress, bf16=bf16,

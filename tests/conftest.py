@@ -105,7 +105,8 @@ def tiny_model_folder(roots: dict[str, Path], dataset: str, variant: str = "segv
 
 def shrink_plans_for_training(plans_path: Path) -> None:
     """Make the ``3d_lite`` configuration of a plans file a tiny model that trains in seconds (batch 1, two
-    prompts per sample) and the default one."""
+    prompts per sample; a 4-channel image path in the decoder, as the planner gives 3d_lite one) and the default
+    one."""
     from dataclasses import replace
 
     from segvolpipe.planning.plans import load_plans, save_plans
@@ -113,7 +114,7 @@ def shrink_plans_for_training(plans_path: Path) -> None:
 
     plans = load_plans(plans_path)
     conf = plans.configurations["3d_lite"]
-    small = replace(conf, vit=TINY_VIT, decoder=TINY_DECODER, unet=TINY_UNET,
+    small = replace(conf, vit=TINY_VIT, decoder=replace(TINY_DECODER, image_detail_channels=4), unet=TINY_UNET,
                     trainer=replace(conf.trainer, batch_size=1, max_prompts_per_sample=2))
     save_plans(plans_path, replace(plans, configurations={**plans.configurations, "3d_lite": small},
                                    default_configuration="3d_lite"))

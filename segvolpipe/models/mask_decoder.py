@@ -44,7 +44,8 @@ class MaskDecoder(nn.Module):
 
     def forward(self, image: Tensor, image_pe: Tensor, dense: Tensor, sparse: Tensor,
                 text_embedding: Tensor | None, text_mask: Tensor | None,
-                multimask: bool = False, mask_token_offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                multimask: bool = False, mask_token_offset: Tensor | None = None,
+                detail: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Decode ``M`` prompts.
 
         Args:
@@ -56,6 +57,8 @@ class MaskDecoder(nn.Module):
             text_mask: ``[M]`` bool, which rows have a text prompt (the term is added to those only).
             multimask: Return every mask token's logits instead of the first only.
             mask_token_offset: ``[M, num_mask_tokens, C]`` added to the mask tokens (``prior`` variant), or None.
+            detail: ``[M, c2, 4gz, 4gy, 4gx]`` image features added to the upscaled embedding
+                (:class:`~segvolpipe.models.detail.ImageDetail`), or None.
 
         Returns:
             (logits ``[M, K, 4gz, 4gy, 4gx]`` with K = 1 or ``num_mask_tokens``, IoU predictions ``[M, K]``).
@@ -72,6 +75,8 @@ class MaskDecoder(nn.Module):
         mask_out = hs[:, 1 : 1 + self.num_mask_tokens]
         c, grid = image.shape[1], image.shape[2:]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(m, c, *grid))
+        if detail is not None:
+            upscaled = upscaled + detail.to(upscaled.dtype)
         k = self.num_mask_tokens if multimask else 1
         hyper = torch.stack([self.output_hypernetworks_mlps[i](mask_out[:, i]) for i in range(k)], dim=1)
         b, c2, *up = upscaled.shape

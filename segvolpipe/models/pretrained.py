@@ -29,7 +29,7 @@ from segvolpipe.errors import UserError
 TEXT_TOWER = "text_encoder.clip_text_model."
 SAM_LEFTOVERS = "prompt_encoder.mask_downscaling."
 # layers this package adds to SegVol's (zero-initialised or adapters: the loaded model computes SegVol's output)
-VARIANT_MARKERS = ("lora_A", "lora_B", "token_adapter.", "context_prior.", "dense_prompt_")
+VARIANT_MARKERS = ("lora_A", "lora_B", "token_adapter.", "context_prior.", "dense_prompt_", "image_detail.")
 
 
 @dataclass

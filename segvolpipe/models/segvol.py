@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segvolpipe.models.detail import ImageDetail
 from segvolpipe.models.image_encoder import ImageEncoder
 from segvolpipe.models.lora import AdapterRouter, freeze, inject_lora
 from segvolpipe.models.mask_decoder import MaskDecoder
@@ -34,6 +35,9 @@ class SegVolModel(nn.Module):
         self.prompt_encoder = PromptEncoder(hidden, spec.vit.grid, spec.vit.input_size, spec.point_tokens)
         self.mask_decoder = MaskDecoder(spec.decoder, spec.vit.grid)
         self.text_encoder = TextEncoder(spec, hidden, text_features)
+        detail = spec.decoder.image_detail_channels
+        self.image_detail = ImageDetail(spec.in_channels, detail, spec.decoder.upscale_channels[1], spec.vit.input_size,
+                                        tuple(4 * g for g in spec.vit.grid)) if detail else None
         # Which rows of the current call run through the modality adapters (the ``prior`` variant's gate);
         # shared by reference with every adapter layer, empty for the plain model.
         self.router = AdapterRouter()
@@ -52,12 +56,19 @@ class SegVolModel(nn.Module):
         with self.router.route(modality):
             return self.image_encoder(image)
 
-    def decode(self, embeddings: Tensor, prompts: Prompts, multimask: bool = False) -> Tensor:
-        """Embeddings ``[B, hidden, gz, gy, gx]`` + prompts → logits ``[B, P, Z, Y, X]`` (or ``[B, P, K, Z, Y, X]``
-        with ``multimask``)."""
+    def encode_detail(self, image: Tensor) -> Tensor | None:
+        """``[B, C, Z, Y, X]`` → the image path's features at the decoder's output grid, or None without one."""
+        return self.image_detail(image) if self.image_detail is not None else None
+
+    def decode(self, embeddings: Tensor, prompts: Prompts, multimask: bool = False,
+               detail: Tensor | None = None) -> Tensor:
+        """Embeddings ``[B, hidden, gz, gy, gx]`` (+ :meth:`encode_detail`'s features when the model has the image
+        path) + prompts → logits ``[B, P, Z, Y, X]`` (or ``[B, P, K, Z, Y, X]`` with ``multimask``)."""
         b, p = prompts.batch_size, prompts.per_image
         if embeddings.shape[0] != b:
             raise ValueError(f"{embeddings.shape[0]} image embeddings for prompts of {b} images")
+        if (detail is None) != (self.image_detail is None):
+            raise ValueError("decode needs encode_detail's features exactly when the model has the image path")
         flat = prompts.flat()
         with self.router.route(flat.modality):
             has_text = flat.text >= 0
@@ -66,13 +77,14 @@ class SegVolModel(nn.Module):
             rows = self.adapt_image(expand_batch(embeddings, p), flat)
             masks, _ = self.mask_decoder(rows, self.prompt_encoder.dense_pe(), self.prompt_encoder.dense_prompts(flat),
                                          sparse, text, has_text if text is not None else None, multimask,
-                                         self.mask_token_offset(rows, flat))
+                                         self.mask_token_offset(rows, flat),
+                                         expand_batch(detail, p) if detail is not None else None)
         masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)
         masks = masks.reshape(b, p, *masks.shape[1:])
         return masks if multimask else masks[:, :, 0]
 
     def forward(self, image: Tensor, prompts: Prompts) -> Tensor:
-        return self.decode(self.encode_image(image, prompts.modality), prompts)
+        return self.decode(self.encode_image(image, prompts.modality), prompts, detail=self.encode_detail(image))
 
     # Extension points of the variants (identity here).
     def adapt_image(self, rows: Tensor, prompts: FlatPrompts) -> Tensor:

@@ -86,16 +86,20 @@ def training_memory_gb(
     prompts: int,
     batch: int,
     half_precision: bool,
+    image_detail: int = 0,
 ) -> float:
     """Estimated peak memory of one training step in GiB.
 
     Weights, gradients and AdamW moments in fp32 (16 bytes per parameter), encoder activations
-    (34 or 68 bytes × width per token and layer), and per prompt the decoder's upscaled feature maps
-    (×8 then ×64 the token count, three stored tensors each) and the full-size logits.
+    (34 or 68 bytes × width per token and layer), the image path's (``image_detail`` channels: three stored
+    tensors per block, one block at the input's size, about six at the 64× token count), and per prompt the
+    decoder's upscaled feature maps (×8 then ×64 the token count, three stored tensors each) and the full-size
+    logits.
     """
     bytes_act = 2 if half_precision else 4
     static = 16 * params
     encoder = layers * tokens * hidden * 17 * bytes_act
+    encoder += 3 * bytes_act * image_detail * (input_voxels + 6 * 64 * tokens)
     decoder = prompts * (3 * bytes_act * tokens * (8 * upscale[0] + 64 * upscale[1]) + 3 * 4 * input_voxels)
     return (static + batch * (encoder + decoder)) / 1024**3
 

@@ -47,6 +47,10 @@ SEGVOL_MIN_GPU_GB = 20.0
 # text 0.282 but box + text 0.410).
 SEGVOL_LR = 1e-4
 LITE_LR = 3e-4
+# 3d_lite's decoder reads the image through a small U-Net (models/detail.py; its peak lr is the U-Net's): in ten
+# CPU minutes (Dataset900, fold 0, --augmentation none, seed 0) text-prompt Dice 0.484 -> 0.800, box + text
+# 0.673 -> 0.802 (BENCHMARKS.md, "Training"). 3d_segvol stays SegVol's model exactly.
+LITE_IMAGE_DETAIL = 16
 
 def plan_target_spacing(spacings: np.ndarray) -> tuple[float, float, float]:
     """Median spacing, with the coarse axis at its 10th percentile for anisotropic datasets."""
@@ -157,6 +161,7 @@ def _configuration(
     warmup: int,
     notes: str,
     lr: float,
+    image_detail: int = 0,
 ) -> ConfigurationPlan:
     n_labels = len(fp.labels)
     dec_heads = 8 if vit.hidden_size % 8 == 0 else 4
@@ -166,17 +171,19 @@ def _configuration(
         transformer_mlp_dim=2048 if vit.hidden_size == 768 else max(64, (vit.hidden_size * 8 // 3) // 64 * 64),
         transformer_heads=dec_heads,
         upscale_channels=(vit.hidden_size // 4, vit.hidden_size // 8),
+        image_detail_channels=image_detail,
     )
     voxels = int(np.prod(vit.input_size))
     patch_voxels = int(np.prod(vit.patch_size))
     params = budget.vit_params(vit.hidden_size, vit.num_layers, vit.mlp_dim, patch_voxels, vit.num_tokens, len(fp.channels))
     params += budget.decoder_params(vit.hidden_size, 2, decoder.transformer_mlp_dim, decoder.upscale_channels)
+    params += 650 * image_detail**2  # the image path's convolutions (167 k parameters at 16 channels)
     prompts = max(1, min(n_labels, 8))
     half = accel.kind == "cuda"
 
     def mem(batch: int) -> float:
         return budget.training_memory_gb(params, vit.hidden_size, vit.num_layers, vit.num_tokens, voxels,
-                                         decoder.upscale_channels, prompts, batch, half)
+                                         decoder.upscale_channels, prompts, batch, half, image_detail)
 
     static = mem(0)
     per_sample = mem(1) - static
@@ -233,7 +240,7 @@ def make_plans(
     lite_vit = ViTPlan(inp, patch, width, 4 * width, layers, heads)
     lite = _configuration("3d_lite", fp, accel, lite_target, lite_median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
                           max(1, tier.epochs // 30), f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample",
-                          LITE_LR)
+                          LITE_LR, LITE_IMAGE_DETAIL)
     segvol_vit = ViTPlan((32, 256, 256), (4, 16, 16), 768, 3072, 12, 12)
     segvol_tier = budget.Tier("segvol", 0, 2048, 0.0, budget.GPU_TIER.unet_voxel_budget, 32,
                               4 if accel.kind == "cuda" else 1, 500, 250)

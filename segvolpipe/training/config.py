@@ -29,6 +29,8 @@ class TrainConfig:
         model: The model spec (sizes from the plans, variant options).
         epochs, iters_per_epoch, batch_size: Optimiser steps are ``epochs × iters_per_epoch`` (per process).
         lr, weight_decay, warmup_epochs, grad_clip: AdamW, linear warm-up then cosine to zero, clipping.
+        detail_lr: Peak lr of the decoder's convolutional image path (:mod:`segvolpipe.models.detail`), on the
+            same schedule; the plans' U-Net lr when the model has one (a U-Net learns at the U-Net's rate), else None.
         time_budget_s: Stop after this much training time; the cosine schedule is fitted to the epochs that
             fit in the budget, refitted after every epoch from the last epoch's length, and an epoch the budget
             runs out in stops after the step that spent it.
@@ -70,6 +72,7 @@ class TrainConfig:
     pretrained: str | None = None
     gpus: int = 1
     universal: UniversalPlan | None = None
+    detail_lr: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +83,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.detail_lr is not None and not (self.detail_lr > 0 and math.isfinite(self.detail_lr)):
+            raise ValueError(f"detail_lr must be a positive number, got {self.detail_lr}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
         if self.prompts.num_points > self.model.point_tokens:
@@ -139,6 +144,7 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
         lr=trainer.unet_lr if unet else trainer.lr, weight_decay=trainer.weight_decay,
         warmup_epochs=trainer.warmup_epochs, grad_clip=trainer.grad_clip, sampling=sampling, prompts=prompts,
         bf16=trainer.bf16_on_cuda if overrides.get("device") == "cuda" else trainer.bf16_on_cpu,
+        detail_lr=trainer.unet_lr if spec.decoder.image_detail_channels and not unet else None,
     )
     return apply_overrides(config, **overrides)
 

@@ -49,6 +49,7 @@ class TrainOptions:
     iters_per_epoch: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    detail_lr: float | None = None
     time_budget_s: float | None = None
     device: str = "auto"
     init: str | None = None
@@ -187,7 +188,8 @@ def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) ->
                         f"{augmentation!r}{source}: use --augmentation full")
     return config_from_plans(
         plans, spec, fold, epochs=epochs, iters_per_epoch=options.iters_per_epoch,
-        batch_size=options.batch_size, lr=options.lr, time_budget_s=options.time_budget_s, seed=options.seed,
+        batch_size=options.batch_size, lr=options.lr, detail_lr=options.detail_lr,
+        time_budget_s=options.time_budget_s, seed=options.seed,
         device=device, workers=loader_workers(options.workers, device, options.gpus), init=options.init,
         pretrained=options.pretrained, gpus=options.gpus, **{f"sampling_{k}": v for k, v in
                                                              augmentation_fields(augmentation).items()},
@@ -313,7 +315,7 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
                      dist: Distributed) -> FoldResult:
     """Everything one training process does for a fold (rank 0 also writes and validates)."""
     from segvolpipe.training.loader import TrainingLoader, TrainingSource
-    from segvolpipe.training.trainer import Trainer, prompt_samplers
+    from segvolpipe.training.trainer import Trainer, param_groups, prompt_samplers
     from segvolpipe.training.validation import validate_fold
 
     start = time.perf_counter()
@@ -346,8 +348,7 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
             val_options = replace(part.sampling, augment=False, zoom_out_probability=0.0, pseudo_masks=False)
             val_loader = TrainingLoader(part.store, part.val, val_options, config.seed + 1, 0)
             val_batches += [{**b, "source": torch.tensor(index)} for b in val_loader.epoch(0, config.val_iters)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     train_model = model
     if dist.world_size > 1:
         # a batch may use no text prompt (or, for prior on CT, no adapter): parameters can go unused

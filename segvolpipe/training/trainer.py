@@ -41,6 +41,20 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW's groups of ``model``'s trainable parameters: the convolutional image path
+    (:mod:`segvolpipe.models.detail`) peaks at ``config.detail_lr``, the rest at ``config.lr``; each group's
+    ``lr_scale`` is its peak over ``config.lr``, applied to the one warm-up + cosine schedule."""
+    detail, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (detail if name.startswith("image_detail.") else rest).append(p)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if detail:
+        groups.append({"params": detail, "lr_scale": (config.detail_lr or config.lr) / config.lr})
+    return groups
+
+
 @dataclass
 class Distributed:
     """This process's place in a (possibly single-process) run."""
@@ -161,7 +175,7 @@ class Trainer:
         self.train_model.train()
         lr = lr_at(self.state.step, self.state.total_steps, self.config.warmup_steps, self.config.lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = self._loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

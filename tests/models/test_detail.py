@@ -1,0 +1,105 @@
+"""The decoder's full-resolution image path: off by default, exact no-op at initialisation, trainable, any grid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from segvolpipe.models.detail import ImageDetail
+from segvolpipe.models.prompt_encoder import Prompts
+from segvolpipe.models.registry import build_model
+from segvolpipe.models.spec import ModelSpec
+from segvolpipe.planning.plans import DecoderPlan
+from tests.models.conftest import TINY_DECODER, TINY_VIT, mixed_prompts, tiny_spec
+
+
+def detail_spec(channels: int = 8, variant: str = "segvol") -> ModelSpec:
+    spec = tiny_spec(variant)
+    return dataclasses.replace(spec, decoder=dataclasses.replace(TINY_DECODER, image_detail_channels=channels))
+
+
+def test_plans_without_the_field_mean_no_image_path():
+    assert DecoderPlan(64).image_detail_channels == 0
+    assert build_model(tiny_spec()).image_detail is None
+
+
+def test_a_new_image_path_leaves_the_model_output_unchanged(image):
+    torch.manual_seed(0)
+    plain = build_model(tiny_spec()).eval()
+    with_path = build_model(detail_spec()).eval()
+    missing, unexpected = with_path.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("image_detail.") for k in missing)
+    with torch.no_grad():
+        torch.testing.assert_close(with_path(image, mixed_prompts()), plain(image, mixed_prompts()))
+
+
+def test_the_image_path_learns_and_reaches_the_mask(image):
+    torch.manual_seed(0)
+    model = build_model(detail_spec())
+    prompts = Prompts(text=torch.tensor([[0], [1]]))
+    target = (image[:, :1] > 0).float()  # a voxel-wise target only the full-resolution path can draw sharply
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    params = list(model.image_detail.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(model(image, prompts), target)
+        loss.backward()
+        assert model.image_detail.proj.weight.grad.abs().sum() > 0
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.9 * first
+
+
+@pytest.mark.parametrize(("input_size", "grid"), [((16, 32, 32), (16, 16, 16)), ((8, 12, 12), (8, 16, 16)),
+                                                  ((10, 10, 10), (4, 4, 4))])
+def test_any_output_grid(input_size, grid):
+    path = ImageDetail(2, 4, 3, input_size, grid)
+    torch.nn.init.normal_(path.proj.weight)
+    out = path(torch.randn(1, 2, *input_size))
+    assert out.shape == (1, 3, *grid) and out.abs().sum() > 0
+    assert (path.down is not None) == all(i % g == 0 and i >= g for i, g in zip(input_size, grid, strict=True))
+
+
+def test_decode_without_the_features_is_refused(image):
+    model = build_model(detail_spec()).eval()
+    with torch.no_grad():
+        emb = model.encode_image(image)
+        with pytest.raises(ValueError, match="encode_detail"):
+            model.decode(emb, mixed_prompts())
+        direct = model.decode(emb, mixed_prompts(), detail=model.encode_detail(image))
+        torch.testing.assert_close(direct, model(image, mixed_prompts()))
+    assert tuple(model.encode_detail(image).shape[2:]) == tuple(4 * g for g in TINY_VIT.grid)
+
+
+def test_adapted_variants_freeze_the_image_path_with_the_base():
+    model = build_model(detail_spec(variant="so3"))
+    assert not any(p.requires_grad for p in model.image_detail.parameters())
+
+
+def test_the_image_path_trains_at_its_own_peak_on_the_shared_schedule():
+    from dataclasses import replace
+
+    from segvolpipe.training.config import TrainConfig
+    from segvolpipe.training.data import SamplingOptions
+    from segvolpipe.training.prompts import PromptOptions
+    from segvolpipe.training.trainer import param_groups
+
+    spec = detail_spec()
+    config = TrainConfig("Dataset011_Blobs", "3d_lite", "segvol", "0", spec, 1, 1, 1, 3e-4, 0.0, 0, 1.0,
+                         SamplingOptions(input_size=TINY_VIT.input_size, batch_size=1), PromptOptions(max_prompts=2),
+                         detail_lr=3e-3)
+    model = build_model(spec)
+    model.mask_decoder.iou_prediction_head.requires_grad_(False)
+    rest, detail = param_groups(model, config)
+    assert detail["lr_scale"] == pytest.approx(10.0) and rest["lr_scale"] == 1.0
+    assert {id(p) for p in detail["params"]} == {id(p) for p in model.image_detail.parameters()}
+    assert len(rest["params"]) + len(detail["params"]) == sum(p.requires_grad for p in model.parameters())
+    assert len(param_groups(model, replace(config, detail_lr=None))) == 2
+    assert param_groups(model, replace(config, detail_lr=None))[1]["lr_scale"] == 1.0
+    assert len(param_groups(build_model(tiny_spec()), config)) == 1
+    with pytest.raises(ValueError, match="detail_lr"):
+        replace(config, detail_lr=0.0)
