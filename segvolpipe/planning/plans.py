@@ -66,6 +66,9 @@ class DecoderPlan:
     upscale_channels: tuple[int, int] = (192, 96)
     text_embed_dim: int = 512
     num_multimask_outputs: int = 3
+    #: Channels of the full-resolution image path into the decoder (:mod:`segvolpipe.models.detail`); 0 = none,
+    #: SegVol's decoder exactly.
+    image_detail_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,11 @@ class TrainerPlan:
     # is never upside down or back to front; a U-Net trained 10 minutes with nnU-Net's all-axes mirroring reached
     # validation Dice 0.770, with this one 0.817 (BENCHMARKS.md, "Training"). [0, 1, 2] restores nnU-Net's.
     mirror_axes: tuple[int, ...] = (2,)
+    # the same for the promptable variants: none. A mirror across the body moves the liver, spleen and stomach to
+    # the other side, a body no scan shows; a text-prompted model must learn where each named organ lies, and ten
+    # CPU minutes of segvol with nnU-Net's augmentation but no mirroring reached text-prompt Dice 0.773 against 0.660
+    # (seed 0; BENCHMARKS.md, "Training"), where the U-Net loses nothing by mirroring.
+    promptable_mirror_axes: tuple[int, ...] = ()
     # what training samples go through: "full" (nnU-Net's rotation, scaling, noise, brightness, contrast and gamma,
     # then the mirroring), "mirror" (the mirroring alone) or "none"; ten-minute CPU U-Nets fitted faster with less
     # (BENCHMARKS.md, "Training"), the default stays nnU-Net's
@@ -121,6 +129,7 @@ class TrainerPlan:
 
     def __post_init__(self) -> None:
         check_mirror_axes(self.mirror_axes)
+        check_mirror_axes(self.promptable_mirror_axes)
         check_augmentation(self.augmentation)
 
 

@@ -134,7 +134,8 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
     sampling = SamplingOptions(input_size=input_size, batch_size=trainer.batch_size,
                                oversample_foreground=trainer.oversample_foreground,
                                zoom_out_probability=0.0 if unet else trainer.zoom_out_probability,
-                               label_mirror=spec.label_mirror(), mirror_axes=trainer.mirror_axes,
+                               label_mirror=spec.label_mirror(),
+                               mirror_axes=trainer.mirror_axes if unet else trainer.promptable_mirror_axes,
                                **augmentation_fields(trainer.augmentation))
     prompts = PromptOptions(max_prompts=trainer.max_prompts_per_sample + 2, box_jitter=trainer.box_jitter_voxels,
                             pseudo_weight=trainer.pseudo_mask_weight)

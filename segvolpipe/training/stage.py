@@ -181,11 +181,16 @@ def build_config(plans: Plans, options: TrainOptions, fold: str, device: str) ->
     epochs = options.epochs
     if epochs is None and options.time_budget_s is not None:
         epochs = BUDGET_EPOCH_CAP  # the budget decides: the schedule is fitted after the first epoch
-    augmentation = options.augmentation or plans.configuration(spec.configuration).trainer.augmentation
+    trainer = plans.configuration(spec.configuration).trainer
+    augmentation = options.augmentation or trainer.augmentation
     if options.rotation_aug and augmentation != "full":
         source = "" if options.augmentation else " (the plans')"
         raise UserError(f"--rotation-aug widens the rotations of the full augmentation, but the augmentation is "
                         f"{augmentation!r}{source}: use --augmentation full")
+    if augmentation == "mirror" and spec.variant != "unet" and not trainer.promptable_mirror_axes:
+        source = "" if options.augmentation else " (the plans' augmentation)"
+        raise UserError(f"--augmentation mirror{source} mirrors a promptable model along the plans' "
+                        "promptable_mirror_axes, which are empty: use --augmentation none, or set them in plans.json")
     return config_from_plans(
         plans, spec, fold, epochs=epochs, iters_per_epoch=options.iters_per_epoch,
         batch_size=options.batch_size, lr=options.lr, detail_lr=options.detail_lr,

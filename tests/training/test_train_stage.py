@@ -267,3 +267,19 @@ def test_the_command_lines_augmentation_choices_are_the_plans():
     from segvolpipe.planning.plans import AUGMENTATIONS
 
     assert tuple(a.value for a in Augmentation) == AUGMENTATIONS
+
+
+def test_promptable_models_do_not_mirror_by_default_and_say_why_mirror_alone_is_refused(roots, dataset):
+    from segvolpipe.models.spec import spec_from_plans
+    from segvolpipe.planning.plans import load_plans
+    from segvolpipe.training.config import config_from_plans
+
+    plans = load_plans(roots["preprocessed"] / "Dataset011_Blobs" / "plans.json")
+    trainer = plans.configuration("3d_lite").trainer
+    assert (trainer.mirror_axes, trainer.promptable_mirror_axes) == ((2,), ())
+    for variant, axes in (("unet", (2,)), ("segvol", ())):
+        config = config_from_plans(plans, spec_from_plans(plans, "3d_lite", variant), "0")
+        assert config.sampling.mirror_axes == axes and config.sampling.augment
+    result = runner.invoke(app, ["train", "-d", dataset, "--augmentation", "mirror", *TINY])
+    assert result.exit_code == 2 and "promptable_mirror_axes, which are empty" in result.output
+    assert "use --augmentation none" in result.output
