@@ -170,3 +170,26 @@ def test_tta_flips_only_the_axes_training_mirrored(roots, trained, tta, flips) -
     predictor = Predictor(folder, mode="sliding", tta=tta)
     assert predictor.mirror_axes == flips
     assert predictor.describe()["tta_axes"] == list(flips)
+
+
+def test_tta_on_a_model_that_never_mirrored_says_so_and_predicts_once(roots, caplog) -> None:
+    from segvolpipe.inference.predictor import Predictor
+    from segvolpipe.training.checkpoint import load_checkpoint, save_checkpoint
+    from tests.conftest import make_blob_dataset, tiny_model_folder
+
+    make_blob_dataset(roots["raw"], 12, n=4, shape=(16, 32, 28))
+    folder = tiny_model_folder(roots, "12", "segvol")
+    path = folder / "fold_0" / "checkpoint_final.pt"
+    payload = load_checkpoint(path)
+    model = Predictor(folder).models[0].model
+    save_checkpoint(path, model, None, payload["state"], {"sampling": {"mirror_axes": []}}, payload["spec"])
+    from segvolpipe.log import logger
+
+    logger.addHandler(caplog.handler)  # the package logger does not propagate once the CLI has set it up
+    try:
+        with caplog.at_level("WARNING", logger="segvolpipe"):
+            predictor = Predictor(folder, tta=True)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert predictor.mirror_axes == () and predictor.describe()["tta"] is False
+    assert "mirrored no axis" in caplog.text

@@ -102,6 +102,9 @@ class Predictor:
         self.overlap = 1.0 - step
         # test-time mirroring flips only what every fold's training mirrored (the plans' mirror_axes)
         self.mirror_axes = tuple(a for a in range(3) if all(a in m.mirror_axes for m in models)) if tta else ()
+        if tta and not self.mirror_axes:
+            logger.warning("--tta: the model's training mirrored no axis (promptable variants do not, by default), "
+                           "so there is nothing to mirror; predicting once")
         self.bf16 = use_bf16(device, self.conf.trainer.bf16_on_cuda, self.conf.trainer.bf16_on_cpu)
         self.threshold = inference.threshold
         self.settings = PreprocessSettings(self.conf.target_spacing, plans.normalization, self.conf.image_order,

@@ -66,7 +66,7 @@ class DecoderPlan:
     upscale_channels: tuple[int, int] = (192, 96)
     text_embed_dim: int = 512
     num_multimask_outputs: int = 3
-    #: Channels of the full-resolution image path into the decoder (:mod:`segvolpipe.models.detail`); 0 = none,
+    #: Base channels of the convolutional image path into the decoder (:mod:`segvolpipe.models.detail`); 0 = none,
     #: SegVol's decoder exactly.
     image_detail_channels: int = 0
 
