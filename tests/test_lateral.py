@@ -174,6 +174,7 @@ def test_tta_flips_only_the_axes_training_mirrored(roots, trained, tta, flips) -
 
 def test_tta_on_a_model_that_never_mirrored_says_so_and_predicts_once(roots, caplog) -> None:
     from segvolpipe.inference.predictor import Predictor
+    from segvolpipe.log import logger
     from segvolpipe.training.checkpoint import load_checkpoint, save_checkpoint
     from tests.conftest import make_blob_dataset, tiny_model_folder
 
@@ -183,8 +184,6 @@ def test_tta_on_a_model_that_never_mirrored_says_so_and_predicts_once(roots, cap
     payload = load_checkpoint(path)
     model = Predictor(folder).models[0].model
     save_checkpoint(path, model, None, payload["state"], {"sampling": {"mirror_axes": []}}, payload["spec"])
-    from segvolpipe.log import logger
-
     logger.addHandler(caplog.handler)  # the package logger does not propagate once the CLI has set it up
     try:
         with caplog.at_level("WARNING", logger="segvolpipe"):

@@ -1,4 +1,4 @@
-"""The decoder's full-resolution image path: off by default, exact no-op at initialisation, trainable, any grid."""
+"""The decoder's convolutional image path: off by default, exact no-op at initialisation, trainable, any grid."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_the_image_path_learns_and_reaches_the_mask(image):
     torch.manual_seed(0)
     model = build_model(detail_spec())
     prompts = Prompts(text=torch.tensor([[0], [1]]))
-    target = (image[:, :1] > 0).float()  # a voxel-wise target only the full-resolution path can draw sharply
+    target = (image[:, :1] > 0).float()  # a voxel-wise target the tokens alone cannot draw
     loss_fn = torch.nn.BCEWithLogitsLoss()
     params = list(model.image_detail.parameters())
     opt = torch.optim.Adam(params, lr=1e-2)
