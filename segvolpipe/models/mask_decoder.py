@@ -57,8 +57,8 @@ class MaskDecoder(nn.Module):
             text_mask: ``[M]`` bool, which rows have a text prompt (the term is added to those only).
             multimask: Return every mask token's logits instead of the first only.
             mask_token_offset: ``[M, num_mask_tokens, C]`` added to the mask tokens (``prior`` variant), or None.
-            detail: ``[M, c2, 4gz, 4gy, 4gx]`` image features added to the upscaled embedding
-                (:class:`~segvolpipe.models.detail.ImageDetail`), or None.
+            detail: ``[B, c2, 4gz, 4gy, 4gx]`` image features (:class:`~segvolpipe.models.detail.ImageDetail`) added
+                to the upscaled embedding of each of the image's ``M / B`` rows (consecutive), or None.
 
         Returns:
             (logits ``[M, K, 4gz, 4gy, 4gx]`` with K = 1 or ``num_mask_tokens``, IoU predictions ``[M, K]``).
@@ -75,18 +75,22 @@ class MaskDecoder(nn.Module):
         mask_out = hs[:, 1 : 1 + self.num_mask_tokens]
         c, grid = image.shape[1], image.shape[2:]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(m, c, *grid))
-        if detail is not None:
-            upscaled = upscaled + detail.to(upscaled.dtype)
         k = self.num_mask_tokens if multimask else 1
-        hyper = torch.stack([self.output_hypernetworks_mlps[i](mask_out[:, i]) for i in range(k)], dim=1)
-        b, c2, *up = upscaled.shape
-        flat = upscaled.reshape(b, c2, -1)
-        masks = (hyper @ flat).reshape(b, k, *up)
+        # one query per prompt and mask: its hypernetwork vector plus, on text rows, the text's projection
+        query = torch.stack([self.output_hypernetworks_mlps[i](mask_out[:, i]) for i in range(k)], dim=1)
         if text_embedding is not None:
             text_down = self.txt_align_upscaled_embedding(text_embedding).unsqueeze(1)
-            similarity = (text_down @ flat).reshape(b, 1, *up)
             if text_mask is not None:
-                similarity = similarity * text_mask.reshape(b, 1, 1, 1, 1).to(similarity.dtype)
-            masks = masks + similarity
+                text_down = text_down * text_mask.reshape(m, 1, 1).to(text_down.dtype)
+            query = query + text_down
+        up = upscaled.shape[2:]
+        masks = (query @ upscaled.flatten(2)).reshape(m, k, *up)
+        if detail is not None:
+            # q·(U + D) = q·U + q·D with D dotted once per image: no per-prompt copy of the path's features
+            if detail.shape[2:] != up:
+                raise ValueError(f"the image path's features {tuple(detail.shape[2:])} are not on the decoder's "
+                                 f"grid {tuple(up)}")
+            per_image = query.reshape(detail.shape[0], (m // detail.shape[0]) * k, -1).to(detail.dtype)
+            masks = masks + (per_image @ detail.flatten(2)).reshape(m, k, *up).to(masks.dtype)
         iou = self.iou_prediction_head(iou_out)[:, :k]
         return masks, iou

@@ -37,7 +37,8 @@ class SegVolModel(nn.Module):
         self.text_encoder = TextEncoder(spec, hidden, text_features)
         detail = spec.decoder.image_detail_channels
         self.image_detail = ImageDetail(spec.in_channels, detail, spec.decoder.upscale_channels[1], spec.vit.input_size,
-                                        tuple(4 * g for g in spec.vit.grid)) if detail else None
+                                        tuple(4 * g for g in spec.vit.grid), classes=len(spec.labels) + 1
+                                        ) if detail else None
         # Which rows of the current call run through the modality adapters (the ``prior`` variant's gate);
         # shared by reference with every adapter layer, empty for the plain model.
         self.router = AdapterRouter()
@@ -78,13 +79,22 @@ class SegVolModel(nn.Module):
             masks, _ = self.mask_decoder(rows, self.prompt_encoder.dense_pe(), self.prompt_encoder.dense_prompts(flat),
                                          sparse, text, has_text if text is not None else None, multimask,
                                          self.mask_token_offset(rows, flat),
-                                         expand_batch(detail, p) if detail is not None else None)
-        masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)
+                                         detail)
+        if tuple(masks.shape[2:]) != self.input_size:
+            masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)
         masks = masks.reshape(b, p, *masks.shape[1:])
         return masks if multimask else masks[:, :, 0]
 
-    def forward(self, image: Tensor, prompts: Prompts) -> Tensor:
-        return self.decode(self.encode_image(image, prompts.modality), prompts, detail=self.encode_detail(image))
+    def forward(self, image: Tensor, prompts: Prompts, with_classes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits ``[B, P, Z, Y, X]``; with ``with_classes`` (training) also the image path's class logits
+        ``[B, len(labels) + 1, *decoder grid]``."""
+        embeddings = self.encode_image(image, prompts.modality)
+        if not with_classes:
+            return self.decode(embeddings, prompts, detail=self.encode_detail(image))
+        if self.image_detail is None:
+            raise ValueError("with_classes needs the image path (plans' decoder.image_detail_channels > 0)")
+        detail, classes = self.image_detail(image, with_classes=True)
+        return self.decode(embeddings, prompts, detail=detail), classes
 
     # Extension points of the variants (identity here).
     def adapt_image(self, rows: Tensor, prompts: FlatPrompts) -> Tensor:
@@ -95,11 +105,13 @@ class SegVolModel(nn.Module):
         """``[M, num_mask_tokens, C]`` added to the decoder's mask tokens, or None."""
         return None
 
-    def unused_parameter_names(self) -> list[str]:
+    def unused_parameter_names(self, class_head: bool = False) -> list[str]:
         """Parameters SegVol keeps for checkpoint compatibility but never uses with ``multimask=False`` (the
-        IoU head, the extra mask tokens' hypernetworks): a trainer freezes them so DDP sees no unused ones."""
+        IoU head, the extra mask tokens' hypernetworks), and the image path's class head unless ``class_head``
+        (training with its loss): a trainer freezes them so DDP sees no unused ones."""
         names = [n for n, _ in self.named_parameters()
-                 if n.startswith("mask_decoder.iou_prediction_head")]
+                 if n.startswith("mask_decoder.iou_prediction_head")
+                 or (not class_head and n.startswith("image_detail.classes."))]
         names += [n for n, _ in self.named_parameters() if n.startswith("mask_decoder.output_hypernetworks_mlps.")
                   and not n.startswith("mask_decoder.output_hypernetworks_mlps.0.")]
         return names

@@ -92,14 +92,14 @@ def training_memory_gb(
 
     Weights, gradients and AdamW moments in fp32 (16 bytes per parameter), encoder activations
     (34 or 68 bytes × width per token and layer), the image path's (``image_detail`` channels: three stored
-    tensors per block, one block at the input's size, about six at the 64× token count), and per prompt the
-    decoder's upscaled feature maps (×8 then ×64 the token count, three stored tensors each) and the full-size
-    logits.
+    tensors per block, one block at the input's size, about eight at the 64× token count with the deeper levels),
+    and per prompt the decoder's upscaled feature maps (×8 then ×64 the token count, three stored tensors each) and
+    the full-size logits.
     """
     bytes_act = 2 if half_precision else 4
     static = 16 * params
     encoder = layers * tokens * hidden * 17 * bytes_act
-    encoder += 3 * bytes_act * image_detail * (input_voxels + 6 * 64 * tokens)
+    encoder += 3 * bytes_act * image_detail * (input_voxels + 8 * 64 * tokens)
     decoder = prompts * (3 * bytes_act * tokens * (8 * upscale[0] + 64 * upscale[1]) + 3 * 4 * input_voxels)
     return (static + batch * (encoder + decoder)) / 1024**3
 

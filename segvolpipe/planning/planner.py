@@ -8,7 +8,8 @@ Rules (see ARCHITECTURE.md "Planning"):
   view), scaled down into the tier's voxel budget; patch sizes make physically near-cubic patches with
   about the tier's token count; width/depth are the largest that fit the tier's compute budget. On the CPU
   tier the grid is first coarsened (nnU-Net's 3d_lowres rule, :func:`coarsen_for_coverage`) until the input
-  holds at least a quarter of the median case.
+  holds at least a quarter of the median case. Its decoder gets the convolutional image path, and zoom-out
+  training samples only where the whole median case is over 8 inputs (:func:`zoom_out_probability`).
 * ``3d_segvol``: SegVol's reference model (input 32×256×256, patch 4×16×16, width 768, 12 layers, 12 heads).
 * Batch size from the memory model of :mod:`segvolpipe.planning.budget`, at most 5 % of the dataset's
   voxels per batch (but at least 2 when memory allows), capped per tier.
@@ -51,6 +52,19 @@ LITE_LR = 3e-4
 # CPU minutes (Dataset900, fold 0, --augmentation none, seed 0) text-prompt Dice 0.484 -> 0.800, box + text
 # 0.673 -> 0.802 (BENCHMARKS.md, "Training"). 3d_segvol stays SegVol's model exactly.
 LITE_IMAGE_DETAIL = 16
+# SegVol's multi-size training: a quarter of the samples are the whole case resized to the input (the view the
+# zoom-out pass of prediction sees). 3d_lite keeps it only where that view shrinks the median case more than
+# ZOOM_OUT_MIN_SHRINK times in volume; on the CPU tier the input holds at least a quarter of the median case, so the
+# view is close to a crop and the samples are better spent on crops: ten CPU minutes (Dataset900, fold 0, seed 0)
+# reached text-prompt Dice 0.818 without them against 0.801 (BENCHMARKS.md, "Training"). 3d_segvol keeps SegVol's.
+ZOOM_OUT_PROBABILITY = 0.25
+ZOOM_OUT_MIN_SHRINK = 8.0
+
+
+def zoom_out_probability(input_size: tuple[int, int, int], median: tuple[int, int, int]) -> float:
+    """SegVol's share of zoom-out samples when the median case is over ``ZOOM_OUT_MIN_SHRINK`` inputs, else 0."""
+    shrink = float(np.prod(median, dtype=np.float64)) / float(np.prod(input_size, dtype=np.float64))
+    return ZOOM_OUT_PROBABILITY if shrink > ZOOM_OUT_MIN_SHRINK else 0.0
 
 def plan_target_spacing(spacings: np.ndarray) -> tuple[float, float, float]:
     """Median spacing, with the coarse axis at its 10th percentile for anisotropic datasets."""
@@ -162,6 +176,7 @@ def _configuration(
     notes: str,
     lr: float,
     image_detail: int = 0,
+    zoom_out: float = ZOOM_OUT_PROBABILITY,
 ) -> ConfigurationPlan:
     n_labels = len(fp.labels)
     dec_heads = 8 if vit.hidden_size % 8 == 0 else 4
@@ -177,7 +192,7 @@ def _configuration(
     patch_voxels = int(np.prod(vit.patch_size))
     params = budget.vit_params(vit.hidden_size, vit.num_layers, vit.mlp_dim, patch_voxels, vit.num_tokens, len(fp.channels))
     params += budget.decoder_params(vit.hidden_size, 2, decoder.transformer_mlp_dim, decoder.upscale_channels)
-    params += 650 * image_detail**2  # the image path's convolutions (167 k parameters at 16 channels)
+    params += 9800 * image_detail**2  # the image path's convolutions (2.51 M parameters at 16 channels)
     prompts = max(1, min(n_labels, 8))
     half = accel.kind == "cuda"
 
@@ -200,7 +215,7 @@ def _configuration(
         decoder=decoder,
         unet=unet,
         trainer=TrainerPlan(batch_size=batch, epochs=epochs, iters_per_epoch=iters, lr=lr,
-                            warmup_epochs=warmup, max_prompts_per_sample=prompts),
+                            warmup_epochs=warmup, max_prompts_per_sample=prompts, zoom_out_probability=zoom_out),
         inference=InferencePlan(roi_size=vit.input_size, zoom_out_size=vit.input_size),
         estimated_memory_gb=round(mem(batch), 2),
         estimated_gflop_per_sample=round(budget.vit_gflop(vit.hidden_size, vit.num_layers, vit.num_tokens), 1),
@@ -240,7 +255,7 @@ def make_plans(
     lite_vit = ViTPlan(inp, patch, width, 4 * width, layers, heads)
     lite = _configuration("3d_lite", fp, accel, lite_target, lite_median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
                           max(1, tier.epochs // 30), f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample",
-                          LITE_LR, LITE_IMAGE_DETAIL)
+                          LITE_LR, LITE_IMAGE_DETAIL, zoom_out_probability(inp, lite_median))
     segvol_vit = ViTPlan((32, 256, 256), (4, 16, 16), 768, 3072, 12, 12)
     segvol_tier = budget.Tier("segvol", 0, 2048, 0.0, budget.GPU_TIER.unet_voxel_budget, 32,
                               4 if accel.kind == "cuda" else 1, 500, 250)

@@ -31,6 +31,9 @@ class TrainConfig:
         lr, weight_decay, warmup_epochs, grad_clip: AdamW, linear warm-up then cosine to zero, clipping.
         detail_lr: Peak lr of the decoder's convolutional image path (:mod:`segvolpipe.models.detail`), on the
             same schedule; the plans' U-Net lr when the model has one (a U-Net learns at the U-Net's rate), else None.
+        detail_aux_weight: Weight of the image path's class-head loss (multi-class Dice + cross-entropy against the
+            label map) added to the prompts' loss; the plans' for ``segvol`` with the path on one dataset, else 0
+            (so3 and prior freeze the path; a universal model's datasets label different classes).
         time_budget_s: Stop after this much training time; the cosine schedule is fitted to the epochs that
             fit in the budget, refitted after every epoch from the last epoch's length, and an epoch the budget
             runs out in stops after the step that spent it.
@@ -73,6 +76,7 @@ class TrainConfig:
     gpus: int = 1
     universal: UniversalPlan | None = None
     detail_lr: float | None = None
+    detail_aux_weight: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +89,11 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.detail_lr is not None and not (self.detail_lr > 0 and math.isfinite(self.detail_lr)):
             raise ValueError(f"detail_lr must be a positive number, got {self.detail_lr}")
+        if not (self.detail_aux_weight >= 0 and math.isfinite(self.detail_aux_weight)):
+            raise ValueError(f"detail_aux_weight must be a number ≥ 0, got {self.detail_aux_weight}")
+        if self.detail_aux_weight and not (self.variant == "segvol" and self.model.decoder.image_detail_channels
+                                           and self.model.lora is None and self.universal is None):
+            raise ValueError("detail_aux_weight is for segvol with the decoder's image path, on one dataset")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
         if self.prompts.num_points > self.model.point_tokens:
@@ -146,6 +155,8 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
         warmup_epochs=trainer.warmup_epochs, grad_clip=trainer.grad_clip, sampling=sampling, prompts=prompts,
         bf16=trainer.bf16_on_cuda if overrides.get("device") == "cuda" else trainer.bf16_on_cpu,
         detail_lr=trainer.unet_lr if spec.decoder.image_detail_channels and not unet else None,
+        detail_aux_weight=trainer.detail_aux_weight
+        if spec.variant == "segvol" and spec.decoder.image_detail_channels and spec.lora is None else 0.0,
     )
     return apply_overrides(config, **overrides)
 

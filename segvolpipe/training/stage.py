@@ -330,7 +330,8 @@ def run_fold_process(config: TrainConfig, options: TrainOptions, pre: Path, fold
     torch.manual_seed(config.seed)
     spec = config.model
     model = build_model(spec)
-    unused = set(model.unused_parameter_names()) if hasattr(model, "unused_parameter_names") else set()
+    unused = set(model.unused_parameter_names(class_head=config.detail_aux_weight > 0)
+                 ) if hasattr(model, "unused_parameter_names") else set()
     for n, p in model.named_parameters():
         if n in unused:
             p.requires_grad_(False)

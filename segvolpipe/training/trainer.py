@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segvolpipe.evaluation.metrics import dice_scores
@@ -167,9 +168,15 @@ class Trainer:
         pseudo = batch["pseudo"].to(self.device, non_blocking=True) if bool((classes < 0).any()) else None
         prompts = Prompts(**{k: v.to(self.device, non_blocking=True) for k, v in batch["prompts"].items()})
         targets = region_targets(label, pseudo, classes.to(self.device))
+        aux = self.config.detail_aux_weight
         with self.autocast():
-            logits = self.train_model(image, prompts)
-        return prompt_loss(logits.float(), targets, batch["prompt_weights"].to(self.device))
+            out = self.train_model(image, prompts, with_classes=True) if aux else self.train_model(image, prompts)
+        logits, class_logits = out if aux else (out, None)
+        loss = prompt_loss(logits.float(), targets, batch["prompt_weights"].to(self.device))
+        if class_logits is not None:  # the image path's class head, scored at the input's resolution
+            full = F.interpolate(class_logits.float(), size=label.shape[-3:], mode="trilinear", align_corners=False)
+            loss = loss + aux * unet_loss(full, label, full.shape[1])
+        return loss
 
     def _step(self, batch: dict) -> float:
         self.train_model.train()

@@ -25,6 +25,8 @@ VOCABULARY_ROWS = ("text_encoder.embeddings.weight", "context_prior.task_tokens.
 #: Frozen text-tower features ``[modalities, V, dim]``: :func:`~segvolpipe.models.registry.build_model` encodes
 #: them for the new vocabulary, so the file's are not loaded.
 REENCODED = ("text_encoder.features",)
+#: The image path's class head: one output per label value of the dataset it was trained on.
+CLASS_HEAD = "image_detail.classes."
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,8 @@ def load_transferred(model: nn.Module, path: Path) -> LoadReport:
     """Load the checkpoint ``path`` of the init model into ``model``, built from a :func:`transfer_spec` of it.
 
     Vocabulary-indexed tensors (:data:`VOCABULARY_ROWS`, ``[V, dim]``) get the init's ``V_init`` rows in their
-    first rows and keep their own initialisation in the others; tower features are left as built; every other
+    first rows and keep their own initialisation in the others; tower features, and the image path's class head
+    when the datasets' label counts differ, are left as built; every other
     tensor loads as :func:`~segvolpipe.models.pretrained.load_pretrained` loads it (shapes checked).
 
     Raises:
@@ -165,6 +168,8 @@ def load_transferred(model: nn.Module, path: Path) -> LoadReport:
     for key, tensor in payload["model"].items():
         if key.endswith(REENCODED):
             continue
+        if key.startswith(CLASS_HEAD) and key in own and tensor.shape != own[key].shape:
+            continue  # the image path's class head scores this dataset's label values: it starts afresh
         if key.endswith(VOCABULARY_ROWS) and key in own and tensor.shape[0] == n \
                 and own[key].shape == (len(vocabulary), *tensor.shape[1:]):
             rows = own[key].detach().clone()

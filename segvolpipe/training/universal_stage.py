@@ -63,7 +63,7 @@ def run_train_universal(datasets: list[str], options: TrainOptions, weights: lis
 
     def config_for(fold: str) -> TrainConfig:
         config = build_config(plans[0], replace(options, configuration=configuration), fold, device)
-        return replace(config, dataset=plan.name, model=spec, universal=plan,
+        return replace(config, dataset=plan.name, model=spec, universal=plan, detail_aux_weight=0.0,
                        sampling=replace(config.sampling, label_mirror=None))
 
     first = config_for(options.folds[0])

@@ -103,3 +103,53 @@ def test_the_image_path_trains_at_its_own_peak_on_the_shared_schedule():
     assert len(param_groups(build_model(tiny_spec()), config)) == 1
     with pytest.raises(ValueError, match="detail_lr"):
         replace(config, detail_lr=0.0)
+
+
+def test_the_class_head_is_for_training_and_leaves_the_masks_alone(image):
+    torch.manual_seed(0)
+    model = build_model(detail_spec()).eval()
+    torch.nn.init.normal_(model.image_detail.proj.weight)  # a trained path: its features reach the masks
+    with torch.no_grad():
+        masks, classes = model(image, mixed_prompts(), with_classes=True)
+        torch.testing.assert_close(masks, model(image, mixed_prompts()))
+    assert classes.shape == (image.shape[0], len(model.spec.labels) + 1, *(4 * g for g in TINY_VIT.grid))
+    head = {n for n, _ in model.named_parameters() if n.startswith("image_detail.classes.")}
+    assert head and head <= set(model.unused_parameter_names())
+    assert not head & set(model.unused_parameter_names(class_head=True))
+    with pytest.raises(ValueError, match="image path"):
+        build_model(tiny_spec())(image, mixed_prompts(), with_classes=True)
+
+
+def test_the_class_head_loss_is_segvols_with_the_path_on_one_dataset_only():
+    from dataclasses import replace
+
+    from segvolpipe.training.config import TrainConfig
+    from segvolpipe.training.data import SamplingOptions
+    from segvolpipe.training.prompts import PromptOptions
+
+    def config(spec: ModelSpec, weight: float) -> TrainConfig:
+        return TrainConfig("Dataset011_Blobs", "3d_lite", spec.variant, "0", spec, 1, 1, 1, 3e-4, 0.0, 0, 1.0,
+                           SamplingOptions(input_size=TINY_VIT.input_size, batch_size=1),
+                           PromptOptions(max_prompts=2), detail_aux_weight=weight)
+
+    assert config(detail_spec(), 0.5).detail_aux_weight == 0.5
+    for spec in (tiny_spec(), detail_spec(variant="so3")):
+        assert config(spec, 0.0).detail_aux_weight == 0.0
+        with pytest.raises(ValueError, match="detail_aux_weight is for segvol"):
+            config(spec, 0.5)
+    with pytest.raises(ValueError, match="≥ 0"):
+        replace(config(detail_spec(), 0.5), detail_aux_weight=-1.0)
+
+
+def test_levels_stop_before_maps_too_small_for_bf16_gradients():
+    from segvolpipe.models.detail import LEVELS, level_strides
+
+    assert level_strides((48, 24, 24)) == [(2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 1, 1)]  # down to 3×3×3
+    assert len(level_strides((48, 24, 24))) == LEVELS - 1
+    for grid in ((16, 16, 16), (8, 16, 16), (12, 6, 6), (4, 4, 4), (5, 7, 9)):
+        size = list(grid)
+        for stride in level_strides(grid):
+            assert stride != (1, 1, 1)
+            size = [n // s for n, s in zip(size, stride, strict=True)]
+            assert all(n >= 3 for n, s in zip(size, stride, strict=True) if s == 2)
+    assert level_strides((16, 16, 16)) == [(2, 2, 2), (2, 2, 2)]  # 4×4×4 is the last level, not 2×2×2

@@ -17,6 +17,7 @@ from segvolpipe.planning.planner import (
     plan_target_spacing,
     plan_unet,
     plan_vit_geometry,
+    zoom_out_probability,
 )
 from segvolpipe.planning.plans import Accelerator, Plans, load_plans, save_plans
 from segvolpipe.planning.splits import make_splits
@@ -135,3 +136,17 @@ def test_cpu_lite_grid_is_coarsened_until_the_input_holds_a_quarter_of_the_media
     assert small.configuration("3d_lite").target_spacing == pytest.approx((1.0, 1.0, 1.0))
     gpu = make_plans("Dataset001_X", fp, GPU, ("CT",), (("background", 0), ("liver", 1)))
     assert gpu.configuration("3d_lite").target_spacing == pytest.approx((2.5, 0.8, 0.8))
+
+
+def test_lite_trains_on_zoom_out_views_only_where_they_shrink_the_case() -> None:
+    assert zoom_out_probability((48, 48, 48), (76, 80, 80)) == 0.0  # Dataset900: the view shrinks 4.4×
+    assert zoom_out_probability((32, 64, 64), (120, 320, 320)) == 0.25  # 94×
+    fp = _fingerprint(shape=(200, 512, 512), spacing=(1.0, 0.7, 0.7))
+    cpu = make_plans("Dataset001_X", fp, CPU, ("CT",), (("background", 0), ("liver", 1)))
+    # the CPU tier's input holds a quarter of the median case: no zoom-out views; SegVol's configuration keeps them
+    assert cpu.configuration("3d_lite").trainer.zoom_out_probability == 0.0
+    assert cpu.configuration("3d_segvol").trainer.zoom_out_probability == 0.25
+    lite_gpu = make_plans("Dataset001_X", fp, GPU, ("CT",), (("background", 0), ("liver", 1))).configuration("3d_lite")
+    # the GPU tier does not coarsen: its input is a small part of this large case, whose zoom-out view it trains on
+    assert np.prod(lite_gpu.median_shape) / np.prod(lite_gpu.vit.input_size) > 8
+    assert lite_gpu.trainer.zoom_out_probability == 0.25

@@ -48,6 +48,13 @@ def test_train_writes_the_fold_contract_and_skips_a_finished_fold(roots, dataset
     assert sorted(p.name for p in (fold / "validation").glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in cases)
     payload = torch.load(fold / "checkpoint_final.pt", weights_only=True)
     assert payload["state"]["epoch"] == 2 and payload["state"]["step"] == 4
+    # the image path's class head (background + 2 classes from 4 channels) trained beside the prompts, with the
+    # plans' weight: the last two parameters of the optimiser's image-path group have moments
+    assert json.loads((fold / "config.json").read_text())["detail_aux_weight"] == 0.5
+    head = payload["model"]["image_detail.classes.weight"]
+    opt = payload["optimizer"]
+    weight, bias = (opt["state"][i]["exp_avg"] for i in opt["param_groups"][-1]["params"][-2:])
+    assert weight.shape == head.shape == (3, 4, 1, 1, 1) and weight.abs().sum() > 0 and bias.abs().sum() > 0
 
     again = runner.invoke(app, ["train", "-d", dataset, *TINY])
     assert again.exit_code == 0 and "skipped" in again.output
