@@ -4,11 +4,11 @@ SegVol's decoder draws every mask from the ViT's tokens alone: each token is ups
 convolutions into a 4×4×4 block of the output grid, so every boundary inside a patch (4×8×8 voxels on the CPU
 tier) must be encoded in that token's features. Trained for weeks that works; trained for minutes the masks stay
 blocky. This path reads the image itself with a convolutional encoder-decoder (a U-Net of five levels from the
-decoder's output grid down, 16 to 256 channels on the CPU tier) and adds its features to the decoder's upscaled embedding, the per-voxel features
-every prompt's hypernetwork vector (and the text-similarity term) is dotted with: the tokens say where a target
-lies, the convolutions say where its edges are — the role of UNETR's and HQ-SAM's early-feature paths. Its last
-convolution starts at zero, so a model with the path computes exactly what the same weights compute without it
-until training moves it.
+decoder's output grid down, 16 to 256 channels on the CPU tier) and adds its features to the decoder's upscaled
+embedding, the per-voxel features every prompt's hypernetwork vector (and the text-similarity term) is dotted
+with: the tokens say where a target lies, the convolutions say where its edges are — the role of UNETR's and
+HQ-SAM's early-feature paths. Its last convolution starts at zero, so a model with the path computes exactly what
+the same weights compute without it until training moves it.
 
 A 1×1×1 class head on the path's last features (one output per label value, background included) is for
 training only: its multi-class Dice + cross-entropy (``TrainConfig.detail_aux_weight``, deep supervision as in
@@ -54,9 +54,9 @@ class ImageDetail(nn.Module):
     """Image ``[B, C, *input_size]`` → features ``[B, out_channels, *output_grid]`` (zero at initialisation).
 
     A 3×3×3 convolution at the input's resolution, then to the decoder's output grid (a strided convolution where
-    the grid divides the input, else trilinear resampling), a U-Net of up to :data:`LEVELS` levels there (``channels``,
-    2×, 4×, …, one block per level each way, skip connections) and a zero-initialised 1×1×1 projection to the
-    decoder's channels; with ``classes``, the training-only class head beside the projection.
+    the grid divides the input, else trilinear resampling), a U-Net of up to :data:`LEVELS` levels there
+    (``channels``, 2×, 4×, …, one block per level each way, skip connections) and a zero-initialised 1×1×1
+    projection to the decoder's channels; with ``classes``, the training-only class head beside the projection.
     """
 
     def __init__(self, in_channels: int, channels: int, out_channels: int, input_size: Shape3,
@@ -70,7 +70,8 @@ class ImageDetail(nn.Module):
         strides = level_strides(self.output_grid)
         widths = [channels * 2**k for k in range(len(strides) + 1)]
         self.encoder = nn.ModuleList(_block(widths[k], widths[k + 1], s) for k, s in enumerate(strides))
-        self.up = nn.ModuleList(nn.ConvTranspose3d(widths[k + 1], widths[k], s, stride=s) for k, s in enumerate(strides))
+        self.up = nn.ModuleList(nn.ConvTranspose3d(widths[k + 1], widths[k], s, stride=s)
+                                for k, s in enumerate(strides))
         self.decoder = nn.ModuleList(_block(2 * widths[k], widths[k]) for k in range(len(strides)))
         self.proj = nn.Conv3d(channels, out_channels, 1)
         nn.init.zeros_(self.proj.weight)

@@ -255,7 +255,8 @@ def make_plans(
     lite_vit = ViTPlan(inp, patch, width, 4 * width, layers, heads)
     lite = _configuration("3d_lite", fp, accel, lite_target, lite_median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
                           max(1, tier.epochs // 30), f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample",
-                          LITE_LR, LITE_IMAGE_DETAIL, zoom_out_probability(inp, lite_median))
+                          LITE_LR, LITE_IMAGE_DETAIL,
+                          zoom_out_probability(inp, lite_median))
     segvol_vit = ViTPlan((32, 256, 256), (4, 16, 16), 768, 3072, 12, 12)
     segvol_tier = budget.Tier("segvol", 0, 2048, 0.0, budget.GPU_TIER.unet_voxel_budget, 32,
                               4 if accel.kind == "cuda" else 1, 500, 250)
