@@ -38,8 +38,8 @@ def _block(cin: int, cout: int, stride: Shape3 | int = 1) -> nn.Sequential:
 def level_strides(grid: Shape3, levels: int = LEVELS) -> list[Shape3]:
     """Per-axis strides between levels: 2 along an axis while it is even and at least 6 there, else 1; fewer than
     ``levels - 1`` when no axis can be halved any more. No level is smaller than 3 voxels along an axis it was
-    halved on: on 2×2×2 maps oneDNN's bfloat16 convolution gradients came out non-finite in about 1 call in 100
-    (torch 2.13 on this project's CPU; 3×3×3 and larger never did, BENCHMARKS.md "Training")."""
+    halved on: on 2×2×2 maps oneDNN's bfloat16 convolution weight gradient is sometimes non-finite (up to 1 call in
+    10; torch 2.13 on this project's CPU; 3×3×3 and larger never, ``benchmarks/repro_bf16_conv_grad.py``)."""
     strides, size = [], list(grid)
     for _ in range(levels - 1):
         s = tuple(2 if n % 2 == 0 and n >= 6 else 1 for n in size)

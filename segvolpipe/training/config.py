@@ -91,8 +91,7 @@ class TrainConfig:
             raise ValueError(f"detail_lr must be a positive number, got {self.detail_lr}")
         if not (self.detail_aux_weight >= 0 and math.isfinite(self.detail_aux_weight)):
             raise ValueError(f"detail_aux_weight must be a number ≥ 0, got {self.detail_aux_weight}")
-        if self.detail_aux_weight and not (self.variant == "segvol" and self.model.decoder.image_detail_channels
-                                           and self.model.lora is None and self.universal is None):
+        if self.detail_aux_weight and not (trains_class_head(self.model) and self.universal is None):
             raise ValueError("detail_aux_weight is for segvol with the decoder's image path, on one dataset")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"the time budget must be positive, got {self.time_budget_s} s")
@@ -155,10 +154,15 @@ def config_from_plans(plans: Plans, spec: ModelSpec, fold: str, **overrides: Any
         warmup_epochs=trainer.warmup_epochs, grad_clip=trainer.grad_clip, sampling=sampling, prompts=prompts,
         bf16=trainer.bf16_on_cuda if overrides.get("device") == "cuda" else trainer.bf16_on_cpu,
         detail_lr=trainer.unet_lr if spec.decoder.image_detail_channels and not unet else None,
-        detail_aux_weight=trainer.detail_aux_weight
-        if spec.variant == "segvol" and spec.decoder.image_detail_channels and spec.lora is None else 0.0,
+        detail_aux_weight=trainer.detail_aux_weight if trains_class_head(spec) else 0.0,
     )
     return apply_overrides(config, **overrides)
+
+
+def trains_class_head(spec: ModelSpec) -> bool:
+    """Whether a model of ``spec`` trains its image path's class head: ``segvol`` with the path, not the frozen-base
+    LoRA baseline (``so3`` and ``prior`` freeze the path; a universal run is checked by :class:`TrainConfig`)."""
+    return spec.variant == "segvol" and bool(spec.decoder.image_detail_channels) and spec.lora is None
 
 
 def augmentation_fields(name: str) -> dict[str, bool]:
