@@ -80,8 +80,7 @@ class SegVolModel(nn.Module):
                                          sparse, text, has_text if text is not None else None, multimask,
                                          self.mask_token_offset(rows, flat),
                                          detail)
-        if tuple(masks.shape[2:]) != self.input_size:
-            masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)
+        masks = F.interpolate(masks, size=self.input_size, mode="trilinear", align_corners=False)
         masks = masks.reshape(b, p, *masks.shape[1:])
         return masks if multimask else masks[:, :, 0]
 

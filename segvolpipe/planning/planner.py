@@ -57,7 +57,7 @@ LITE_IMAGE_DETAIL = 16
 # ZOOM_OUT_MIN_SHRINK times in volume; on the CPU tier the input holds at least a quarter of the median case, so the
 # view is close to a crop and the samples are better spent on crops: ten CPU minutes (Dataset900, fold 0, seed 0)
 # reached text-prompt Dice 0.818 without them against 0.801 (BENCHMARKS.md, "Training"). 3d_segvol keeps SegVol's.
-ZOOM_OUT_PROBABILITY = 0.25
+ZOOM_OUT_PROBABILITY = TrainerPlan.zoom_out_probability  # SegVol's share, the plans' default
 ZOOM_OUT_MIN_SHRINK = 8.0
 
 

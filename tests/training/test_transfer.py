@@ -243,3 +243,20 @@ def test_a_transfer_with_the_same_label_names_still_lists_the_ct_dataset(roots):
     # a run that starts from its own dataset's model is no transfer: no datasets/ folder
     own = run_train(ct, replace(tiny, variant="so3"))
     assert not (own.folder / "datasets").exists()
+
+
+def test_the_image_paths_class_head_starts_afresh_when_the_label_counts_differ(tmp_path):
+    torch.manual_seed(0)
+    ct = replace(tiny_spec(), decoder=replace(TINY_DECODER, image_detail_channels=4))  # 3 labels: 4 outputs
+    path = tmp_path / "checkpoint_final.pt"
+    save_checkpoint(path, build_model(ct), None, TrainState(), {"dataset": "Dataset021_CT"}, ct.to_json())
+    spec = transfer_spec(ct, _mri_spec(), "segvol")  # liver and kidneys: 3 outputs
+    torch.manual_seed(1)
+    fresh = build_model(spec).state_dict()
+    torch.manual_seed(1)
+    model = build_model(spec)
+    load_transferred(model, path)
+    saved, own = load_checkpoint(path)["model"], model.state_dict()
+    assert own["image_detail.classes.weight"].shape[0] == 3 and saved["image_detail.classes.weight"].shape[0] == 4
+    assert torch.equal(own["image_detail.classes.weight"], fresh["image_detail.classes.weight"])
+    assert torch.equal(own["image_detail.stem.0.weight"], saved["image_detail.stem.0.weight"])
