@@ -6,7 +6,8 @@ Rules (see ARCHITECTURE.md "Planning"):
   10th percentile instead (nnU-Net's anisotropy rule).
 * ``3d_lite``: the ViT input keeps the proportions of the median case (the whole-volume "zoom-out"
   view), scaled down into the tier's voxel budget; patch sizes make physically near-cubic patches with
-  about the tier's token count; width/depth are the largest that fit the tier's compute budget. On the CPU
+  about the tier's token count; width/depth are the largest that fit the tier's compute budget (at most 2 layers
+  on the CPU tier, whose minutes of training a shallow encoder uses best: ``budget.CPU_TIER``). On the CPU
   tier the grid is first coarsened (nnU-Net's 3d_lowres rule, :func:`coarsen_for_coverage`) until the input
   holds at least a quarter of the median case. Its decoder gets the convolutional image path, and zoom-out
   training samples only where the whole median case is over 8 inputs (:func:`zoom_out_probability`).
@@ -236,6 +237,11 @@ def plan_normalization(fp: Fingerprint, overrides: dict[int, str]) -> tuple[Chan
     return tuple(norms)
 
 
+def _sized_for(tier: budget.Tier) -> str:
+    depth = f", at most {tier.max_vit_layers} encoder layers" if tier.max_vit_layers else ""
+    return f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample{depth}"
+
+
 def make_plans(
     dataset: str,
     fp: Fingerprint,
@@ -251,10 +257,10 @@ def make_plans(
     lite_target, lite_median = coarsen_for_coverage(fp, target, tier.voxel_budget, tier.min_input_coverage)
     inp, patch = plan_vit_geometry(lite_median, lite_target, tier.voxel_budget, tier.token_target)
     tokens = int(np.prod([i // p for i, p in zip(inp, patch, strict=True)]))
-    width, layers, heads = budget.choose_vit_size(tokens, tier.gflop_per_sample)
+    width, layers, heads = budget.choose_vit_size(tokens, tier.gflop_per_sample, tier.max_vit_layers)
     lite_vit = ViTPlan(inp, patch, width, 4 * width, layers, heads)
     lite = _configuration("3d_lite", fp, accel, lite_target, lite_median, lite_vit, tier, tier.epochs, tier.iters_per_epoch,
-                          max(1, tier.epochs // 30), f"sized for the {tier.name} tier: {tier.gflop_per_sample:g} GFLOP per sample",
+                          max(1, tier.epochs // 30), _sized_for(tier),
                           LITE_LR, LITE_IMAGE_DETAIL,
                           zoom_out_probability(inp, lite_median))
     segvol_vit = ViTPlan((32, 256, 256), (4, 16, 16), 768, 3072, 12, 12)

@@ -80,6 +80,8 @@ def test_plans_cpu_and_gpu_defaults_and_round_trip(tmp_path: Path) -> None:
     lite_cpu, lite_gpu = cpu.configuration("3d_lite"), gpu.configuration("3d_lite")
     assert lite_gpu.vit.num_tokens > lite_cpu.vit.num_tokens  # scales up on a GPU
     assert lite_cpu.estimated_gflop_per_sample <= budget.CPU_TIER.gflop_per_sample
+    # the CPU tier's encoder is shallow (minutes of training), the GPU tier's is as deep as its budget allows
+    assert (lite_cpu.vit.hidden_size, lite_cpu.vit.num_layers) == (192, 2) and lite_gpu.vit.num_layers > 2
     assert 1 <= lite_cpu.trainer.batch_size <= budget.CPU_TIER.max_batch
     assert cpu.normalization[0].scheme == "ct" and cpu.normalization[0].clip_low == pytest.approx(fp.channels[0].percentile(0.5))
     save_plans(tmp_path / "plans.json", cpu)
@@ -150,3 +152,12 @@ def test_lite_trains_on_zoom_out_views_only_where_they_shrink_the_case() -> None
     # the GPU tier does not coarsen: its input is a small part of this large case, whose zoom-out view it trains on
     assert np.prod(lite_gpu.median_shape) / np.prod(lite_gpu.vit.input_size) > 8
     assert lite_gpu.trainer.zoom_out_probability == 0.25
+
+
+def test_the_encoder_ladder_respects_a_depth_cap() -> None:
+    assert budget.choose_vit_size(432, 12.0) == (192, 6, 6)  # the compute budget alone
+    assert budget.choose_vit_size(432, 12.0, max_layers=2) == (192, 2, 6)
+    assert budget.choose_vit_size(432, 0.1, max_layers=2) == (192, 2, 6)  # nothing fits: the smallest allowed
+    assert budget.choose_vit_size(432, 0.1) == budget.VIT_LADDER[0]
+    with pytest.raises(ValueError, match="at most 1 layers"):
+        budget.choose_vit_size(432, 12.0, max_layers=1)
